@@ -1,0 +1,1 @@
+"""Jalapeño gateware: Amaranth components only (everything that becomes hardware)."""

@@ -1,0 +1,1 @@
+"""Number formats and the units that convert and combine them."""

