@@ -23,7 +23,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 test: install
@@ -33,7 +33,7 @@ sim: install
 	$(PYTEST) -m cocotb tests
 
 verilog: install
-	$(PY) scripts/export_verilog.py --out build/verilog
+	$(VENV)/bin/jalapeno verilog --out build/verilog
 
 lint: install
 	$(PY) scripts/lint_verilog.py

@@ -8,14 +8,20 @@ stimulus and the checker are two separate testbenches, as in Glasgow's tests.
 
 import random
 
+from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
 
 __all__ = ["run_stream"]
 
 
+def _bits(payload):
+    """The payload as a plain value, whether it is a signal or a layout view."""
+    return Value.cast(payload)
+
+
 def run_stream(component, payloads, *, count=None, stall=0.0, backpressure=0.0, seed=0,
-               max_cycles=None, vcd=None):
+               max_cycles=None, vcd=None, cycle_counter=None):
     """Send ``payloads`` (flat integers) into ``component.i``; return ``count`` outputs.
 
     Parameters
@@ -31,6 +37,8 @@ def run_stream(component, payloads, *, count=None, stall=0.0, backpressure=0.0, 
         Fail instead of hanging if the outputs have not all arrived by then.
     vcd : str, optional
         Write a waveform file.
+    cycle_counter : list, optional
+        If given, the number of clock cycles simulated is appended to it.
 
     Also checks the output stream's rule: once ``o.valid`` is high, it and the
     payload hold until ``o.ready``.
@@ -49,7 +57,7 @@ def run_stream(component, payloads, *, count=None, stall=0.0, backpressure=0.0, 
             while stall and rng_in.random() < stall:
                 await ctx.tick()
             ctx.set(dut.i.valid, 1)
-            ctx.set(dut.i.payload.as_value(), payload)
+            ctx.set(_bits(dut.i.payload), payload)
             await ctx.tick().until(dut.i.ready)
             ctx.set(dut.i.valid, 0)
 
@@ -59,7 +67,7 @@ def run_stream(component, payloads, *, count=None, stall=0.0, backpressure=0.0, 
         while len(outputs) < count:
             ready = not (backpressure and rng_out.random() < backpressure)
             ctx.set(dut.o.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload.as_value())
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, _bits(dut.o.payload))
             if held is not None:
                 assert valid and payload == held, (
                     f"output stream dropped or changed a payload before ready: "
@@ -72,6 +80,8 @@ def run_stream(component, payloads, *, count=None, stall=0.0, backpressure=0.0, 
             cycles += 1
             assert cycles <= max_cycles, (
                 f"only {len(outputs)} of {count} outputs after {max_cycles} cycles")
+        if cycle_counter is not None:
+            cycle_counter.append(cycles)
 
     sim = Simulator(component)
     sim.add_clock(1e-8)

@@ -13,7 +13,7 @@ __all__ = ["FP8Code", "FP8Decoder", "decode_fp8"]
 class FP8Code(data.Struct):
     """An FP8 code and the format it is in."""
     code: 8
-    format: FP8Format
+    fp8_format: FP8Format
 
 
 def decode_fp8(m, code, fmt, name):
@@ -73,7 +73,7 @@ class FP8Decoder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        decoded = decode_fp8(m, self.i.payload.code, self.i.payload.format, "decoded")
+        decoded = decode_fp8(m, self.i.payload.code, self.i.payload.fp8_format, "decoded")
         advance = ~self.o.valid | self.o.ready
         m.d.comb += self.i.ready.eq(advance)
         with m.If(advance):

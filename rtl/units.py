@@ -1,0 +1,19 @@
+"""The top-level units: each is exported by `make verilog`, linted and benchmarked.
+
+Maps a unit's name (its Verilog module and file name) to a function that builds
+it with its default parameters. A new unit adds one line here.
+"""
+
+from .numerics.fp8_decoder import FP8Decoder
+from .numerics.fp8_encoder import FP8Encoder
+from .numerics.fp8_multiplier import FP8Multiplier
+
+
+__all__ = ["UNITS"]
+
+
+UNITS = {
+    "fp8_decoder": FP8Decoder,
+    "fp8_encoder": FP8Encoder,
+    "fp8_multiplier": FP8Multiplier,
+}
