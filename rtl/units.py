@@ -7,6 +7,7 @@ it with its default parameters. A new unit adds one line here.
 from .numerics.fp8_decoder import FP8Decoder
 from .numerics.fp8_encoder import FP8Encoder
 from .numerics.fp8_multiplier import FP8Multiplier
+from .numerics.requantizer import Requantizer
 
 
 __all__ = ["UNITS"]
@@ -16,4 +17,5 @@ UNITS = {
     "fp8_decoder": FP8Decoder,
     "fp8_encoder": FP8Encoder,
     "fp8_multiplier": FP8Multiplier,
+    "requantizer": Requantizer,
 }
