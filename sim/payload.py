@@ -75,3 +75,29 @@ def unpack(layout, payloads):
             values = [v - (1 << width) if v >> (width - 1) else v for v in values]
         result[name] = np.array(values, dtype=np.int64 if width <= 63 else object)
     return result
+
+
+def pack_lanes(lanes, width):
+    """Flat integers from a 2-D array of lane values (lane 0 in the low bits).
+
+    For ``lib.data.ArrayLayout(width, n)`` payloads such as a row of 8-bit codes.
+    """
+    lanes = np.asarray(lanes)
+    if lanes.ndim != 2:
+        raise ValueError(f"lanes must be 2-D (transfers x lanes), not shape {lanes.shape}")
+    mask = (1 << width) - 1
+    packed = []
+    for row in lanes.tolist():
+        value = 0
+        for i, lane in enumerate(row):
+            value |= (int(lane) & mask) << (i * width)
+        packed.append(value)
+    return packed
+
+
+def unpack_lanes(payloads, width, count, offset=0):
+    """A (transfers x count) uint64 array of ``count`` lanes of ``width`` bits each,
+    starting at bit ``offset`` of each flat payload."""
+    mask = (1 << width) - 1
+    return np.array([[(int(p) >> (offset + i * width)) & mask for i in range(count)]
+                     for p in payloads], dtype=np.uint64).reshape(len(payloads), count)

@@ -1,0 +1,1 @@
+"""The matmul engine: processing elements, the systolic array and the tile engine."""

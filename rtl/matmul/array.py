@@ -1,0 +1,102 @@
+"""Weight-stationary systolic array of processing elements."""
+
+from amaranth.hdl import Module
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .partial_sum import column_sum_width, identity, partial_sum_layout
+from .pe import ActivationLane, ProcessingElement, WeightWrite
+
+
+__all__ = ["SystolicArray"]
+
+
+class SystolicArray(wiring.Component):
+    """An R x C grid of :class:`~.pe.ProcessingElement`: PE (r, c) holds W[r][c].
+
+    Activations enter row ``r`` on the left (``a[r]``) and move right one PE per
+    cycle; partial sums start at the top as the empty sum and move down one PE
+    per cycle; column ``c``'s sum leaves at the bottom (``sums[c]``). For the
+    products of one activation row to meet in the same partial sum, the caller
+    skews the input: element ``r`` of a row enters ``r`` cycles after element 0.
+    Then column ``c``'s result for that row appears ``rows + c + 1`` cycles after
+    element 0 entered (:meth:`column_latency`), so the caller de-skews by
+    delaying column ``c`` by ``cols - 1 - c``.
+
+    Weights are written a row at a time: ``weight_row`` (one code per column),
+    ``weight_row_index``, ``weight_bank`` and ``weight_enable`` write bank
+    ``weight_bank`` of every PE in that row. Each activation's ``bank`` tag
+    chooses the bank it multiplies with, so a bank can be rewritten while the
+    other computes.
+
+    Parameters
+    ----------
+    rows, cols : int
+        Array size (default 16 x 16 in the engine).
+    fp8 : bool
+        Build the FP8 datapath.
+
+    Members
+    -------
+    a : In(ArrayLayout(ActivationLane, rows))
+    weight_row : In(ArrayLayout(8, cols))
+    weight_row_index : In(range(rows))
+    weight_bank : In(1)
+    weight_enable : In(1)
+    sums : Out(ArrayLayout(partial_sum_layout, cols))
+    advance : In(1)
+        Global pipeline enable: every register but the weights holds when low.
+    """
+
+    def __init__(self, *, rows, cols, fp8=True):
+        for name, value in (("Row", rows), ("Column", cols)):
+            if not isinstance(value, int) or value < 1:
+                raise TypeError(f"{name} count must be a positive integer, not {value!r}")
+        self._rows = rows
+        self._cols = cols
+        self._fp8 = bool(fp8)
+        self._sum_layout = partial_sum_layout(column_sum_width(rows, fp8))
+        super().__init__({
+            "a": In(data.ArrayLayout(ActivationLane, rows)),
+            "weight_row": In(data.ArrayLayout(8, cols)),
+            "weight_row_index": In(range(rows)),
+            "weight_bank": In(1),
+            "weight_enable": In(1),
+            "sums": Out(data.ArrayLayout(self._sum_layout, cols)),
+            "advance": In(1),
+        })
+
+    @property
+    def rows(self):
+        return self._rows
+
+    @property
+    def cols(self):
+        return self._cols
+
+    @property
+    def sum_layout(self):
+        return self._sum_layout
+
+    def column_latency(self, col):
+        """Cycles from element 0 of a (skewed) row entering to column ``col``'s sum."""
+        return self._rows + col + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        pes = [[ProcessingElement(rows=self._rows, fp8=self._fp8) for _ in range(self._cols)]
+               for _ in range(self._rows)]
+        for r, row in enumerate(pes):
+            for c, pe in enumerate(row):
+                m.submodules[f"pe_{r}_{c}"] = pe
+                m.d.comb += [
+                    pe.advance.eq(self.advance),
+                    pe.a_in.eq(self.a[r] if c == 0 else pes[r][c - 1].a_out),
+                    pe.sum_in.eq(identity(self._sum_layout) if r == 0 else pes[r - 1][c].sum_out),
+                    pe.weight.code.eq(self.weight_row[c]),
+                    pe.weight.bank.eq(self.weight_bank),
+                    pe.weight.enable.eq(self.weight_enable & (self.weight_row_index == r)),
+                ]
+        for c in range(self._cols):
+            m.d.comb += self.sums[c].eq(pes[self._rows - 1][c].sum_out)
+        return m

@@ -1,0 +1,321 @@
+"""Matmul tile engine: the systolic array with weight double buffering, skew, de-skew,
+an accumulator buffer and FP32 rounding, behind stream ports."""
+
+from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .array import SystolicArray
+from .fp32_rounding import ResultRounder
+from .mode import MAX_EXACT_K, MatmulMode
+from .partial_sum import accumulator_width, add_partial_sums, identity, partial_sum_layout
+from .pe import ActivationLane
+
+
+__all__ = ["matmul_pass_layout", "result_row_layout", "MatmulEngine"]
+
+
+def matmul_pass_layout(max_rows):
+    """A pass: what to do with the next weight tile and the next ``rows`` A rows."""
+    return data.StructLayout({
+        "mode": MatmulMode,
+        "rows": unsigned(ceil_log2(max_rows + 1)),
+        "accumulate": 1,
+        "emit": 1,
+    })
+
+
+def result_row_layout(cols):
+    """One row of C: INT32 values or FP32 bit patterns, and an error flag."""
+    return data.StructLayout({
+        "values": data.ArrayLayout(32, cols),
+        "error": 1,
+    })
+
+
+class MatmulEngine(wiring.Component):
+    """``C[M x cols] (+)= A[M x K] . W[K x cols]`` for K <= rows, one pass at a time.
+
+    A **pass** is a command on ``cmd`` (mode, ``rows`` = M, ``accumulate``,
+    ``emit``), followed on ``weights`` by the pass's weight tile (exactly
+    ``rows`` stream transfers of one weight row each: row k holds W[k][0..cols-1];
+    pad unused rows and columns with zero codes) and on ``a`` by M activation
+    rows (each ``rows`` codes, A[m][0..K-1], zero-padded). The weight tile of the
+    next pass loads into the second weight bank while the current one computes,
+    so consecutive passes stream with no bubble when M >= 2 * rows + cols + 3.
+
+    Row m's sums go into accumulator row m (``max_rows`` of them): with
+    ``accumulate`` they add to what the previous passes left there (longer K, in
+    place), without it they replace it. With ``emit`` the pass's result rows come
+    out on ``c``, rounded once: INT32 for the integer modes, FP32 (RNE) for the FP8
+    modes, in row order. Integer sums and FP8 sums are exact for a total K up to
+    :data:`~.mode.MAX_EXACT_K`.
+
+    Errors never hang the engine and never give silent garbage: a pass with an
+    invalid mode (6 or 7), an FP8 mode on an engine built without FP8, or an
+    accumulation across an integer and an FP8 pass still consumes its weights and
+    rows, and its emitted rows have ``error`` set and values 0.
+
+    Backpressure on ``c`` stops the whole datapath (weights keep loading);
+    stalls on ``cmd``, ``weights`` and ``a`` just leave bubbles.
+
+    Latency from an A row's transfer to its result row being valid:
+    :attr:`latency` = rows + cols + 5 cycles. Throughput: one A row per cycle,
+    i.e. rows x cols MACs per cycle.
+
+    Counters (free-running since reset): ``cycle_count`` counts cycles in which
+    the engine has work (a pass loaded or loading, or rows in flight),
+    ``row_count`` A rows computed, ``stall_count`` cycles stopped by ``c``.
+
+    Parameters
+    ----------
+    rows, cols : int
+        Array size; default 16 x 16.
+    max_rows : int
+        Accumulator depth: the largest M of a pass.
+    fp8 : bool
+        Build the FP8 modes (an integer-only engine is much smaller).
+
+    Members
+    -------
+    cmd : In(stream.Signature(matmul_pass_layout(max_rows)))
+    weights : In(stream.Signature(ArrayLayout(8, cols)))
+    a : In(stream.Signature(ArrayLayout(8, rows)))
+    c : Out(stream.Signature(result_row_layout(cols)))
+    cycle_count, row_count, stall_count : Out(32)
+    """
+
+    def __init__(self, *, rows=16, cols=16, max_rows=512, fp8=True):
+        for name, value in (("Row", rows), ("Column", cols), ("Accumulator row", max_rows)):
+            if not isinstance(value, int) or value < 1:
+                raise TypeError(f"{name} count must be a positive integer, not {value!r}")
+        self._rows = rows
+        self._cols = cols
+        self._max_rows = max_rows
+        self._fp8 = bool(fp8)
+        self._acc_layout = partial_sum_layout(accumulator_width(self._fp8, MAX_EXACT_K))
+        super().__init__({
+            "cmd": In(stream.Signature(matmul_pass_layout(max_rows))),
+            "weights": In(stream.Signature(data.ArrayLayout(8, cols))),
+            "a": In(stream.Signature(data.ArrayLayout(8, rows))),
+            "c": Out(stream.Signature(result_row_layout(cols))),
+            "cycle_count": Out(32),
+            "row_count": Out(32),
+            "stall_count": Out(32),
+        })
+
+    rows = property(lambda self: self._rows)
+    cols = property(lambda self: self._cols)
+    max_rows = property(lambda self: self._max_rows)
+    fp8 = property(lambda self: self._fp8)
+
+    @property
+    def latency(self):
+        """Cycles from an A row's transfer to its result on ``c`` (no backpressure)."""
+        return self._rows + self._cols + 5
+
+    def elaborate(self, platform):
+        m = Module()
+        rows, cols = self._rows, self._cols
+        m.submodules.array = array = SystolicArray(rows=rows, cols=cols, fp8=self._fp8)
+        pass_layout = matmul_pass_layout(self._max_rows)
+
+        advance = Signal()
+        m.d.comb += [advance.eq(~self.c.valid | self.c.ready), array.advance.eq(advance)]
+
+        # -- Weight loader: one pass's tile into the free bank, a row per transfer ----------
+        loaded = Signal(2)        # bank holds a pass, from its load until its rows drained
+        pass_ready = Signal(2)    # bank's weights are in, its pass waits to be fed
+        feed_done = Signal(2)     # bank's pass has been fed entirely
+        pass_info = [Signal(pass_layout, name=f"pass_info_{b}") for b in range(2)]
+        load_bank = Signal()
+        loading = Signal()
+        load_row = Signal(range(rows))
+        set_loaded = Signal(2)
+        clear_loaded = Signal(2)
+        set_ready = Signal(2)
+        clear_ready = Signal(2)
+        set_done = Signal(2)
+
+        with m.If(~loading):
+            m.d.comb += self.cmd.ready.eq(~loaded.bit_select(load_bank, 1))
+            with m.If(self.cmd.valid & self.cmd.ready):
+                with m.If(load_bank):
+                    m.d.sync += pass_info[1].eq(self.cmd.payload)
+                with m.Else():
+                    m.d.sync += pass_info[0].eq(self.cmd.payload)
+                m.d.comb += set_loaded.eq(1 << load_bank)
+                m.d.sync += [loading.eq(1), load_row.eq(0)]
+        with m.Else():
+            m.d.comb += [
+                self.weights.ready.eq(1),
+                array.weight_row.eq(self.weights.payload),
+                array.weight_row_index.eq(load_row),
+                array.weight_bank.eq(load_bank),
+                array.weight_enable.eq(self.weights.valid),
+            ]
+            with m.If(self.weights.valid):
+                m.d.sync += load_row.eq(load_row + 1)
+                with m.If(load_row == rows - 1):
+                    m.d.sync += [loading.eq(0), load_bank.eq(~load_bank)]
+                    m.d.comb += set_ready.eq(1 << load_bank)
+
+        # -- Feeder: the ready pass's A rows into the array, tagged with its bank ------------
+        feed_bank = Signal()
+        feeding = Signal()
+        feed_rows_left = Signal.like(pass_info[0].rows)
+        feed_index = Signal(range(self._max_rows))
+        current = Signal(pass_layout)
+        m.d.comb += current.eq(Mux(feed_bank, pass_info[1], pass_info[0]))
+        available = Signal()
+        m.d.comb += available.eq(feeding | pass_ready.bit_select(feed_bank, 1))
+        rows_left = Mux(feeding, feed_rows_left, current.rows)
+        index = Mux(feeding, feed_index, 0)
+        inject = Signal()
+        m.d.comb += [
+            self.a.ready.eq(advance & available & (rows_left != 0)),
+            inject.eq(self.a.valid & self.a.ready),
+        ]
+        with m.If(available):
+            with m.If(~feeding):
+                m.d.comb += clear_ready.eq(1 << feed_bank)
+            finishing = (rows_left == 0) | (inject & (rows_left == 1))
+            with m.If(finishing):
+                m.d.sync += [feeding.eq(0), feed_bank.eq(~feed_bank)]
+                m.d.comb += set_done.eq(1 << feed_bank)
+            with m.Else():
+                m.d.sync += feeding.eq(1)
+                with m.If(inject):
+                    m.d.sync += [feed_rows_left.eq(rows_left - 1), feed_index.eq(index + 1)]
+                with m.Else():
+                    m.d.sync += [feed_rows_left.eq(rows_left), feed_index.eq(index)]
+
+        mode_valid = current.mode.as_value() <= (MatmulMode.E5M2_E4M3.value if self._fp8
+                                                 else MatmulMode.UINT8.value)
+        is_fp8 = current.mode.as_value() >= MatmulMode.E4M3.value
+
+        # -- Injection register, skew, tag delay line ---------------------------------------
+        tag_layout = data.StructLayout({
+            "valid": 1, "index": range(self._max_rows), "bank": 1,
+            "accumulate": 1, "emit": 1, "fp8": 1, "error": 1,
+        })
+        s_in_tag = Signal(tag_layout)
+        s_in_lanes = Signal(data.ArrayLayout(ActivationLane, rows))
+        with m.If(advance):
+            m.d.sync += [
+                s_in_tag.valid.eq(inject),
+                s_in_tag.index.eq(index),
+                s_in_tag.bank.eq(feed_bank),
+                s_in_tag.accumulate.eq(current.accumulate),
+                s_in_tag.emit.eq(current.emit),
+                s_in_tag.fp8.eq(is_fp8),
+                s_in_tag.error.eq(~mode_valid),
+            ]
+            for r in range(rows):
+                m.d.sync += [
+                    s_in_lanes[r].code.eq(self.a.payload[r]),
+                    s_in_lanes[r].valid.eq(inject),
+                    s_in_lanes[r].bank.eq(feed_bank),
+                    s_in_lanes[r].mode.eq(current.mode),
+                ]
+
+        def delay(value, cycles, name):
+            """``value`` delayed by ``cycles`` advancing cycles."""
+            stages = [value]
+            for i in range(cycles):
+                reg = Signal.like(value, name=f"{name}_d{i + 1}")
+                with m.If(advance):
+                    m.d.sync += reg.eq(stages[-1])
+                stages.append(reg)
+            return stages[-1]
+
+        for r in range(rows):
+            m.d.comb += array.a[r].eq(delay(s_in_lanes[r], r, f"skew_{r}"))
+        d_sums = Signal(data.ArrayLayout(array.sum_layout, cols))
+        for c in range(cols):
+            m.d.comb += d_sums[c].eq(delay(array.sums[c], cols - 1 - c, f"deskew_{c}"))
+        d_tag = Signal(tag_layout)
+        m.d.comb += d_tag.eq(delay(s_in_tag, rows + cols, "tag"))
+
+        # -- Accumulator: read row at D, add and write back at E -----------------------------
+        entry_layout = data.StructLayout({
+            "sums": data.ArrayLayout(self._acc_layout, cols), "fp8": 1, "error": 1,
+        })
+        m.submodules.accumulator = acc = Memory(shape=entry_layout, depth=self._max_rows, init=[])
+        acc_write = acc.write_port()
+        acc_read = acc.read_port(transparent_for=(acc_write,))
+        m.d.comb += [acc_read.addr.eq(d_tag.index), acc_read.en.eq(advance)]
+
+        e_tag = Signal(tag_layout)
+        e_sums = Signal(data.ArrayLayout(array.sum_layout, cols))
+        with m.If(advance):
+            m.d.sync += [e_tag.eq(d_tag), e_sums.eq(d_sums)]
+        old = acc_read.data
+        e_entry = Signal(entry_layout)
+        for c in range(cols):
+            base = data.View(self._acc_layout,
+                             Mux(e_tag.accumulate, old.sums[c], identity(self._acc_layout)))
+            for name, expr in add_partial_sums(base, e_sums[c], self._acc_layout).items():
+                m.d.comb += getattr(e_entry.sums[c], name).eq(expr)
+        mixed = e_tag.accumulate & ((old.fp8 != e_tag.fp8) | old.error)
+        m.d.comb += [
+            e_entry.fp8.eq(e_tag.fp8),
+            e_entry.error.eq(e_tag.error | mixed),
+            acc_write.addr.eq(e_tag.index),
+            acc_write.data.eq(e_entry),
+            acc_write.en.eq(advance & e_tag.valid),
+        ]
+
+        # -- Rounding (F, F+1) and the output register ----------------------------------------
+        f_tag = Signal(tag_layout)
+        f_entry = Signal(entry_layout)
+        with m.If(advance):
+            m.d.sync += [f_tag.eq(e_tag), f_entry.eq(e_entry)]
+            m.d.sync += f_tag.error.eq(e_entry.error)
+        rounders = []
+        for c in range(cols):
+            rounder = ResultRounder(self._acc_layout.size - 4)
+            m.submodules[f"rounder_{c}"] = rounder
+            m.d.comb += [
+                rounder.sum.eq(f_entry.sums[c]),
+                rounder.fp8.eq(f_entry.fp8),
+                rounder.advance.eq(advance),
+            ]
+            rounders.append(rounder)
+        out_tag = Signal(tag_layout)
+        m.d.comb += out_tag.eq(delay(f_tag, ResultRounder.latency, "out_tag"))
+        for c, rounder in enumerate(rounders):
+            m.d.comb += self.c.payload.values[c].eq(Mux(out_tag.error, 0, rounder.result))
+        m.d.comb += [
+            self.c.valid.eq(out_tag.valid & out_tag.emit),
+            self.c.payload.error.eq(out_tag.error),
+        ]
+
+        # -- Bank bookkeeping: a bank is free once its pass is fed and its rows drained -------
+        inflight = [Signal(range(self._max_rows + rows + cols + 8), name=f"inflight_{b}")
+                    for b in range(2)]
+        for b in range(2):
+            up = inject & (feed_bank == b)
+            down = advance & d_tag.valid & (d_tag.bank == b)
+            m.d.sync += inflight[b].eq(inflight[b] + up - down)
+            with m.If(feed_done[b] & (inflight[b] == 0) & ~set_loaded[b]):
+                m.d.comb += clear_loaded[b].eq(1)
+        m.d.sync += [
+            loaded.eq((loaded | set_loaded) & ~clear_loaded),
+            pass_ready.eq((pass_ready | set_ready) & ~clear_ready),
+            feed_done.eq((feed_done | set_done) & ~set_loaded & ~clear_loaded),
+        ]
+
+        # -- Counters -------------------------------------------------------------------------
+        in_pipeline = Signal(range(self._max_rows + rows + cols + 16))
+        m.d.sync += in_pipeline.eq(in_pipeline + inject - (advance & out_tag.valid))
+        busy = (loaded != 0) | loading | (in_pipeline != 0)
+        with m.If(busy):
+            m.d.sync += self.cycle_count.eq(self.cycle_count + 1)
+        with m.If(inject):
+            m.d.sync += self.row_count.eq(self.row_count + 1)
+        with m.If(~advance):
+            m.d.sync += self.stall_count.eq(self.stall_count + 1)
+        return m

@@ -1,0 +1,184 @@
+"""Processing element of the weight-stationary systolic array."""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..numerics.fp8_decoder import decode_fp8
+from ..numerics.fp8_format import FP8Format, PRODUCT_MIN_EXPONENT
+from .mode import MatmulMode
+from .partial_sum import add_partial_sums, column_sum_width, partial_sum_layout, product_value_width
+
+
+__all__ = ["ActivationLane", "WeightWrite", "ProcessingElement"]
+
+
+class ActivationLane(data.Struct):
+    """One activation travelling right along a row, with the tags it needs.
+
+    ``bank`` selects which of the PE's two weight registers it meets (double
+    buffering: the tag travels with the data, so a tile switch sweeps through the
+    skewed array exactly like the data does).
+    """
+    code: 8
+    valid: 1
+    bank: 1
+    mode: MatmulMode
+
+
+class WeightWrite(data.Struct):
+    """A write of one weight code into one of a PE's two weight registers."""
+    code: 8
+    bank: 1
+    enable: 1
+
+
+class ProcessingElement(wiring.Component):
+    """A multiply-accumulate cell: ``sum_out = sum_in + a * w[bank]``.
+
+    Every mode goes through one 9 x 9 signed multiplier (an INT8 or UINT8
+    activation times an INT8 weight, or two FP8 significands), so a PE needs a
+    single DSP (MULT18X18D on ECP5, SB_MAC16 on iCE40). In the FP8 modes the
+    significand product is then shifted to its exact place (exponent + 32) in the
+    fixed-point column sum and negated if negative; NaN, Inf and -0 products set
+    the flags of :mod:`.partial_sum`.
+
+    Timing: an activation arriving on ``a_in`` in cycle T leaves on ``a_out`` in
+    T+1; its product is registered in T+1 (``s1_``) and added to ``sum_in`` of
+    cycle T+1, the result on ``sum_out`` in T+2. So the partial sum of the PE
+    above (which saw the activation one cycle earlier) arrives just in time:
+    one cycle per hop both ways. Every register moves only when ``advance`` is
+    high (the engine's global pipeline enable); weight writes do not wait for it.
+
+    Parameters
+    ----------
+    rows : int
+        Rows of the array this PE is in (sets the column-sum width).
+    fp8 : bool
+        Build the FP8 datapath; without it, FP8 modes multiply as integers and
+        the engine reports them as errors.
+
+    Members
+    -------
+    a_in : In(ActivationLane)
+    a_out : Out(ActivationLane)
+        ``a_in`` one cycle later, for the PE to the right.
+    weight : In(WeightWrite)
+    sum_in : In(partial_sum_layout)
+    sum_out : Out(partial_sum_layout)
+    advance : In(1)
+    """
+
+    def __init__(self, *, rows, fp8=True):
+        if not isinstance(rows, int) or rows < 1:
+            raise TypeError(f"Row count must be a positive integer, not {rows!r}")
+        self._rows = rows
+        self._fp8 = bool(fp8)
+        layout = partial_sum_layout(column_sum_width(rows, fp8))
+        super().__init__({
+            "a_in": In(ActivationLane),
+            "a_out": Out(ActivationLane),
+            "weight": In(WeightWrite),
+            "sum_in": In(layout),
+            "sum_out": Out(layout),
+            "advance": In(1),
+        })
+
+    @property
+    def fp8(self):
+        return self._fp8
+
+    def elaborate(self, platform):
+        m = Module()
+        a = self.a_in
+
+        weights = [Signal(8, name=f"weight_{b}") for b in range(2)]
+        for b, w in enumerate(weights):
+            with m.If(self.weight.enable & (self.weight.bank == b)):
+                m.d.sync += w.eq(self.weight.code)
+        w_code = Mux(a.bank, weights[1], weights[0])
+
+        with m.If(self.advance):
+            m.d.sync += self.a_out.eq(a)
+
+        # Stage 0 -> 1: the multiplier operands, the product register.
+        is_fp8 = Signal()
+        m.d.comb += is_fp8.eq(a.mode.as_value() >= MatmulMode.E4M3.value)
+        int_a = Signal(signed(9))
+        int_w = Signal(signed(9))
+        m.d.comb += [
+            int_a.eq(Mux(a.mode == MatmulMode.UINT8, Cat(a.code, Const(0, 1)).as_signed(),
+                         a.code.as_signed())),
+            int_w.eq(w_code.as_signed()),
+        ]
+        mul_a = Signal(signed(9))
+        mul_w = Signal(signed(9))
+        s1_product = Signal(signed(18))
+        s1_valid = Signal()
+        s1_fp8 = Signal()
+        s1_shift = Signal(range(64))
+        s1_sign = Signal()
+        s1_nan = Signal()
+        s1_inf = Signal()
+        s1_zero = Signal()
+
+        if self._fp8:
+            a_format = Mux((a.mode == MatmulMode.E5M2) | (a.mode == MatmulMode.E5M2_E4M3),
+                           FP8Format.E5M2, FP8Format.E4M3)
+            w_format = Mux((a.mode == MatmulMode.E5M2) | (a.mode == MatmulMode.E4M3_E5M2),
+                           FP8Format.E5M2, FP8Format.E4M3)
+            x = decode_fp8(m, a.code, a_format, "a_decoded")
+            y = decode_fp8(m, w_code, w_format, "w_decoded")
+            x_zero = (x.significand == 0) & ~x.nan & ~x.inf
+            y_zero = (y.significand == 0) & ~y.nan & ~y.inf
+            nan = x.nan | y.nan | (x.inf & y_zero) | (y.inf & x_zero)
+            inf = (x.inf | y.inf) & ~nan
+            m.d.comb += [
+                mul_a.eq(Mux(is_fp8, x.significand, int_a)),
+                mul_w.eq(Mux(is_fp8, y.significand, int_w)),
+            ]
+            with m.If(self.advance):
+                m.d.sync += [
+                    s1_shift.eq(x.exponent + y.exponent - PRODUCT_MIN_EXPONENT),
+                    s1_sign.eq(x.sign ^ y.sign),
+                    s1_nan.eq(nan),
+                    s1_inf.eq(inf),
+                    s1_zero.eq((x_zero | y_zero) & ~nan),
+                ]
+        else:
+            m.d.comb += [mul_a.eq(int_a), mul_w.eq(int_w)]
+
+        with m.If(self.advance):
+            m.d.sync += [
+                s1_product.eq(mul_a * mul_w),
+                s1_valid.eq(a.valid),
+                s1_fp8.eq(is_fp8),
+            ]
+
+        # Stage 1 -> 2: place the product in the column sum and add.
+        term_width = product_value_width(self._fp8)
+        s1_term = Signal(signed(term_width))
+        s1_term_flags = {"nan": Signal(), "pos_inf": Signal(), "neg_inf": Signal(), "neg_zero": Signal()}
+        m.d.comb += s1_term.eq(s1_product)
+        if self._fp8:
+            magnitude = Signal(unsigned(term_width - 1))
+            m.d.comb += magnitude.eq(s1_product.as_unsigned()[:8] << s1_shift)
+            with m.If(s1_fp8):
+                m.d.comb += [
+                    s1_term.eq(Mux(s1_sign, -magnitude, magnitude)),
+                    s1_term_flags["nan"].eq(s1_nan),
+                    s1_term_flags["pos_inf"].eq(s1_inf & ~s1_sign),
+                    s1_term_flags["neg_inf"].eq(s1_inf & s1_sign),
+                    s1_term_flags["neg_zero"].eq(s1_zero & s1_sign),
+                ]
+        # An invalid lane (a bubble) adds nothing: value 0 and neg_zero kept.
+        term = {"value": Mux(s1_valid, s1_term, 0),
+                "nan": s1_valid & s1_term_flags["nan"],
+                "pos_inf": s1_valid & s1_term_flags["pos_inf"],
+                "neg_inf": s1_valid & s1_term_flags["neg_inf"],
+                "neg_zero": ~s1_valid | s1_term_flags["neg_zero"]}
+        total = add_partial_sums(self.sum_in, term, self.sum_out.shape())
+        with m.If(self.advance):
+            for name, expr in total.items():
+                m.d.sync += getattr(self.sum_out, name).eq(expr)
+        return m
