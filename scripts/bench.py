@@ -17,11 +17,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from amaranth.hdl import Fragment  # noqa: E402
 
+from rtl.matmul.array import SystolicArray  # noqa: E402
+from rtl.matmul.engine import MatmulEngine  # noqa: E402
 from rtl.numerics.fp8_multiplier import FP8Multiplier, FP8Operands  # noqa: E402
 from rtl.units import UNITS  # noqa: E402
 from sim.cocotb_runner import run_cocotb  # noqa: E402
 from sim.payload import pack  # noqa: E402
 from sim.pysim import run_stream  # noqa: E402
+from sim.synth import synthesize  # noqa: E402
+from sim.verilog import component_to_verilog  # noqa: E402
 
 
 def bench_pysim_speed(results, transfers=20000, repeats=3):
@@ -56,6 +60,47 @@ def bench_unit_latency(results):
         results[f"{name}.latency_cycles"] = unit.latency
 
 
+def bench_matmul(results, size=16, max_rows=128):
+    """Utilization on a MiniLM projection (M=128, K=384, N=384) and fill/drain per pass,
+    from the engine's own cycle counter, on the 16 x 16 engine."""
+    engine = lambda: MatmulEngine(rows=size, cols=size, max_rows=max_rows)  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "matmul.json"
+
+        def run(mode, m, k, n):
+            run_cocotb(engine(), name=f"matmul_engine_{size}x{size}",
+                       test_module="sim.matmul_utilization",
+                       extra_env=dict(ROWS=size, COLS=size, MAX_ROWS=max_rows, MODE=mode,
+                                      M=m, K=k, N=n, RESULT=out, COCOTB_LOG_LEVEL="WARNING"))
+            return json.loads(out.read_text())
+
+        for mode in ("INT8", "E4M3"):
+            measured = run(mode, 128, 384, 384)
+            results[f"matmul.{mode.lower()}.utilization"] = round(measured["utilization"], 5)
+            results[f"matmul.{mode.lower()}.cycles"] = measured["cycles"]
+        # One pass of one row: the counter sees the weight load (size cycles), the row,
+        # and the fill and drain of the pipeline.
+        single = run("INT8", 1, size, size)
+        results["matmul.fill_drain_cycles"] = single["cycles"] - size - 1
+    results["matmul.peak_macs_per_cycle"] = size * size
+
+
+def bench_synthesis(results):
+    """Yosys synthesis of a 4 x 4 systolic array: DSP and LUT use per family."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for family, fp8, prefix in (("ecp5", True, "synth.ecp5"),
+                                    ("ecp5", False, "synth.ecp5.int8"),
+                                    ("ice40", False, "synth.ice40")):
+            workdir = Path(tmp) / f"{family}_{int(fp8)}"
+            workdir.mkdir()
+            verilog = workdir / "array4x4.v"
+            verilog.write_text(component_to_verilog(SystolicArray(rows=4, cols=4, fp8=fp8), "array4x4"))
+            cells = synthesize(verilog, "array4x4", family, workdir=workdir)
+            results[f"{prefix}.{'mult18' if family == 'ecp5' else 'dsp'}"] = cells["dsp"]
+            results[f"{prefix}.lut4"] = cells["lut"]
+            results[f"{prefix}.ff"] = cells["ff"]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="build/bench/results.json")
@@ -63,7 +108,8 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.exists() else {}
-    for bench in (bench_unit_latency, bench_pysim_speed, bench_verilator_speed):
+    for bench in (bench_unit_latency, bench_pysim_speed, bench_verilator_speed,
+                  bench_synthesis, bench_matmul):
         print(f"-- {bench.__name__}", flush=True)
         bench(results)
     out.write_text(json.dumps(dict(sorted(results.items())), indent=2) + "\n")

@@ -21,6 +21,8 @@ LINT_WAIVERS = {
                   "whose widths it has already checked.",
     "UNUSEDSIGNAL": "Amaranth emits whole intermediate wires of which only some bits are "
                     "used (e.g. a payload field sliced from a flat vector).",
+    "DECLFILENAME": "Amaranth writes a whole hierarchy into one file, submodules named "
+                    "`top.child`; only the top module can match the file name.",
     "PROCASSINIT": "Amaranth gives registers their init value both in the declaration and "
                    "in the reset branch of the always block; both are intended.",
 }

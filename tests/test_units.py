@@ -8,9 +8,13 @@ from sim.lint import lint_verilog
 from sim.verilog import component_to_verilog
 
 
+# Smaller builds of the same code where the default is slow to export (16 x 16: 35 s).
+TEST_PARAMS = {"matmul_engine": dict(rows=4, cols=4, max_rows=32)}
+
+
 @pytest.mark.parametrize("name", sorted(UNITS))
 def test_unit_exports_and_lints(name, tmp_path):
-    unit = UNITS[name]()
+    unit = UNITS[name](**TEST_PARAMS.get(name, {}))
     assert isinstance(unit, wiring.Component)
     assert isinstance(unit.latency, int) and unit.latency >= 1
     text = component_to_verilog(unit, name)

@@ -4,7 +4,7 @@ from amaranth.hdl import Module
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .partial_sum import column_sum_width, identity, partial_sum_layout
+from .partial_sum import column_sum_layout, empty_sum
 from .pe import ActivationLane, ProcessingElement, WeightWrite
 
 
@@ -43,7 +43,7 @@ class SystolicArray(wiring.Component):
     weight_row_index : In(range(rows))
     weight_bank : In(1)
     weight_enable : In(1)
-    sums : Out(ArrayLayout(partial_sum_layout, cols))
+    sums : Out(ArrayLayout(column_sum_layout(rows, fp8), cols))
     advance : In(1)
         Global pipeline enable: every register but the weights holds when low.
     """
@@ -55,7 +55,7 @@ class SystolicArray(wiring.Component):
         self._rows = rows
         self._cols = cols
         self._fp8 = bool(fp8)
-        self._sum_layout = partial_sum_layout(column_sum_width(rows, fp8))
+        self._sum_layout = column_sum_layout(rows, fp8)
         super().__init__({
             "a": In(data.ArrayLayout(ActivationLane, rows)),
             "weight_row": In(data.ArrayLayout(8, cols)),
@@ -92,7 +92,7 @@ class SystolicArray(wiring.Component):
                 m.d.comb += [
                     pe.advance.eq(self.advance),
                     pe.a_in.eq(self.a[r] if c == 0 else pes[r][c - 1].a_out),
-                    pe.sum_in.eq(identity(self._sum_layout) if r == 0 else pes[r - 1][c].sum_out),
+                    pe.sum_in.eq(empty_sum(self._sum_layout) if r == 0 else pes[r - 1][c].sum_out),
                     pe.weight.code.eq(self.weight_row[c]),
                     pe.weight.bank.eq(self.weight_bank),
                     pe.weight.enable.eq(self.weight_enable & (self.weight_row_index == r)),

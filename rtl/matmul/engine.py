@@ -10,7 +10,7 @@ from amaranth.utils import ceil_log2
 from .array import SystolicArray
 from .fp32_rounding import ResultRounder
 from .mode import MAX_EXACT_K, MatmulMode
-from .partial_sum import accumulator_width, add_partial_sums, identity, partial_sum_layout
+from .partial_sum import accumulator_layout, column_to_accumulator, empty_sum, merge_flags
 from .pe import ActivationLane
 
 
@@ -95,7 +95,7 @@ class MatmulEngine(wiring.Component):
         self._cols = cols
         self._max_rows = max_rows
         self._fp8 = bool(fp8)
-        self._acc_layout = partial_sum_layout(accumulator_width(self._fp8, MAX_EXACT_K))
+        self._acc_layout = accumulator_layout(self._fp8, MAX_EXACT_K)
         super().__init__({
             "cmd": In(stream.Signature(matmul_pass_layout(max_rows))),
             "weights": In(stream.Signature(data.ArrayLayout(8, cols))),
@@ -256,8 +256,9 @@ class MatmulEngine(wiring.Component):
         e_entry = Signal(entry_layout)
         for c in range(cols):
             base = data.View(self._acc_layout,
-                             Mux(e_tag.accumulate, old.sums[c], identity(self._acc_layout)))
-            for name, expr in add_partial_sums(base, e_sums[c], self._acc_layout).items():
+                             Mux(e_tag.accumulate, old.sums[c], empty_sum(self._acc_layout)))
+            m.d.comb += e_entry.sums[c].value.eq(base.value + column_to_accumulator(e_sums[c]))
+            for name, expr in merge_flags(base, e_sums[c]).items():
                 m.d.comb += getattr(e_entry.sums[c], name).eq(expr)
         mixed = e_tag.accumulate & ((old.fp8 != e_tag.fp8) | old.error)
         m.d.comb += [

@@ -5,7 +5,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..numerics.fp8_format import PRODUCT_MIN_EXPONENT
-from .partial_sum import partial_sum_layout
+from amaranth.hdl import signed
+from amaranth.lib import data
 
 
 __all__ = ["FP32_CANONICAL_NAN", "ResultRounder"]
@@ -32,7 +33,7 @@ class ResultRounder(wiring.Component):
 
     Members
     -------
-    sum : In(partial_sum_layout(width))
+    sum : In(accumulator layout: value signed(width), nan, pos_inf, neg_inf, neg_zero)
     fp8 : In(1)
     result : Out(32)
     advance : In(1)
@@ -43,7 +44,8 @@ class ResultRounder(wiring.Component):
     def __init__(self, width):
         self._width = width
         super().__init__({
-            "sum": In(partial_sum_layout(width)),
+            "sum": In(data.StructLayout({"value": signed(width), "nan": 1, "pos_inf": 1,
+                                         "neg_inf": 1, "neg_zero": 1})),
             "fp8": In(1),
             "result": Out(32),
             "advance": In(1),

@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from ..numerics.fp8_decoder import decode_fp8
 from ..numerics.fp8_format import FP8Format, PRODUCT_MIN_EXPONENT
 from .mode import MatmulMode
-from .partial_sum import add_partial_sums, column_sum_width, partial_sum_layout, product_value_width
+from .partial_sum import SPLIT, column_sum_layout, merge_flags
 
 
 __all__ = ["ActivationLane", "WeightWrite", "ProcessingElement"]
@@ -64,8 +64,8 @@ class ProcessingElement(wiring.Component):
     a_out : Out(ActivationLane)
         ``a_in`` one cycle later, for the PE to the right.
     weight : In(WeightWrite)
-    sum_in : In(partial_sum_layout)
-    sum_out : Out(partial_sum_layout)
+    sum_in : In(column_sum_layout(rows, fp8))
+    sum_out : Out(column_sum_layout(rows, fp8))
     advance : In(1)
     """
 
@@ -74,7 +74,7 @@ class ProcessingElement(wiring.Component):
             raise TypeError(f"Row count must be a positive integer, not {rows!r}")
         self._rows = rows
         self._fp8 = bool(fp8)
-        layout = partial_sum_layout(column_sum_width(rows, fp8))
+        layout = column_sum_layout(rows, fp8)
         super().__init__({
             "a_in": In(ActivationLane),
             "a_out": Out(ActivationLane),
@@ -155,30 +155,37 @@ class ProcessingElement(wiring.Component):
                 s1_fp8.eq(is_fp8),
             ]
 
-        # Stage 1 -> 2: place the product in the column sum and add.
-        term_width = product_value_width(self._fp8)
-        s1_term = Signal(signed(term_width))
-        s1_term_flags = {"nan": Signal(), "pos_inf": Signal(), "neg_inf": Signal(), "neg_zero": Signal()}
-        m.d.comb += s1_term.eq(s1_product)
+        # Stage 1 -> 2: place the product in the column sum (low or high part) and add.
+        layout = self.sum_out.shape()
+        s1_low = Signal.like(self.sum_out.low, name="s1_low")
+        s1_high = Signal.like(self.sum_out.high, name="s1_high") if self._fp8 else None
+        s1_flags = {name: Signal(name=f"s1_term_{name}") for name in ("nan", "pos_inf", "neg_inf", "neg_zero")}
+        m.d.comb += s1_low.eq(s1_product)
         if self._fp8:
-            magnitude = Signal(unsigned(term_width - 1))
-            m.d.comb += magnitude.eq(s1_product.as_unsigned()[:8] << s1_shift)
+            significand = s1_product.as_unsigned()[:8]
+            low_magnitude = Signal(unsigned(8 + SPLIT - 1))
+            high_magnitude = Signal(unsigned(8 + 58 - SPLIT))
+            m.d.comb += [
+                low_magnitude.eq(significand << s1_shift[:5]),
+                high_magnitude.eq(significand << (s1_shift - SPLIT)[:5]),
+            ]
+            in_high = s1_shift >= SPLIT
             with m.If(s1_fp8):
                 m.d.comb += [
-                    s1_term.eq(Mux(s1_sign, -magnitude, magnitude)),
-                    s1_term_flags["nan"].eq(s1_nan),
-                    s1_term_flags["pos_inf"].eq(s1_inf & ~s1_sign),
-                    s1_term_flags["neg_inf"].eq(s1_inf & s1_sign),
-                    s1_term_flags["neg_zero"].eq(s1_zero & s1_sign),
+                    s1_low.eq(Mux(in_high, 0, Mux(s1_sign, -low_magnitude, low_magnitude))),
+                    s1_high.eq(Mux(in_high, Mux(s1_sign, -high_magnitude, high_magnitude), 0)),
+                    s1_flags["nan"].eq(s1_nan),
+                    s1_flags["pos_inf"].eq(s1_inf & ~s1_sign),
+                    s1_flags["neg_inf"].eq(s1_inf & s1_sign),
+                    s1_flags["neg_zero"].eq(s1_zero & s1_sign),
                 ]
-        # An invalid lane (a bubble) adds nothing: value 0 and neg_zero kept.
-        term = {"value": Mux(s1_valid, s1_term, 0),
-                "nan": s1_valid & s1_term_flags["nan"],
-                "pos_inf": s1_valid & s1_term_flags["pos_inf"],
-                "neg_inf": s1_valid & s1_term_flags["neg_inf"],
-                "neg_zero": ~s1_valid | s1_term_flags["neg_zero"]}
-        total = add_partial_sums(self.sum_in, term, self.sum_out.shape())
+        # An invalid lane (a bubble) adds nothing: zero and neg_zero kept.
+        term_flags = {name: s1_valid & flag for name, flag in s1_flags.items()}
+        term_flags["neg_zero"] = ~s1_valid | s1_flags["neg_zero"]
         with m.If(self.advance):
-            for name, expr in total.items():
+            m.d.sync += self.sum_out.low.eq(self.sum_in.low + Mux(s1_valid, s1_low, 0))
+            if self._fp8:
+                m.d.sync += self.sum_out.high.eq(self.sum_in.high + Mux(s1_valid, s1_high, 0))
+            for name, expr in merge_flags(self.sum_in, term_flags).items():
                 m.d.sync += getattr(self.sum_out, name).eq(expr)
         return m
