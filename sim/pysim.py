@@ -93,3 +93,34 @@ def run_stream(component, payloads, *, count=None, stall=0.0, backpressure=0.0, 
     else:
         sim.run()
     return outputs
+
+
+def output_timing(component, payloads, *, cycles=None):
+    """Feed one payload per cycle with ``o.ready`` high; return ``[(cycle, payload)]`` of outputs.
+
+    ``cycle`` counts ticks from the first input transfer (cycle 0), so a unit with
+    latency L and full throughput gives outputs at cycles L, L+1, ... Fails if
+    ``i.ready`` ever drops (it must not, with no backpressure).
+    """
+    payloads = [int(p) for p in payloads]
+    cycles = len(payloads) + 16 if cycles is None else cycles
+    seen = []
+    dut = component
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        for cycle in range(cycles):
+            ctx.set(dut.i.valid, cycle < len(payloads))
+            if cycle < len(payloads):
+                ctx.set(_bits(dut.i.payload), payloads[cycle])
+            _, _, ready, valid, payload = await ctx.tick().sample(
+                dut.i.ready, dut.o.valid, _bits(dut.o.payload))
+            assert ready, f"i.ready low in cycle {cycle} with no backpressure"
+            if valid:
+                seen.append((cycle, payload))
+
+    sim = Simulator(component)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return seen

@@ -9,7 +9,7 @@ from sim.cocotb_runner import run_cocotb
 from sim.compare import assert_fields_equal
 from sim.golden import fp8_multiplier as golden
 from sim.payload import pack, unpack
-from sim.pysim import run_stream
+from sim.pysim import output_timing, run_stream
 
 FORMAT_PAIRS = [(fa, fb) for fa in FP8Format for fb in FP8Format]
 ALL_CODES = np.arange(256)
@@ -46,30 +46,13 @@ def test_golden_special_cases():
 
 def test_latency_and_throughput_pysim():
     """One product per cycle with latency 2, checked on an idle-to-full run."""
-    from amaranth.sim import Simulator
     dut = FP8Multiplier()
     payloads = pack(FP8Operands, dict(a=np.arange(16), b=np.full(16, 0x38)))
-    seen = []
-
-    async def bench(ctx):
-        ctx.set(dut.o.ready, 1)
-        for cycle in range(24):
-            if cycle < len(payloads):
-                ctx.set(dut.i.valid, 1)
-                ctx.set(dut.i.payload.as_value(), payloads[cycle])
-            else:
-                ctx.set(dut.i.valid, 0)
-            _, _, ready, valid = await ctx.tick().sample(dut.i.ready, dut.o.valid)
-            assert ready
-            if valid:
-                seen.append(cycle)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
-    # The first product is valid `latency` ticks after its input was taken.
-    assert seen == list(range(dut.latency, dut.latency + 16))
+    seen = output_timing(dut, payloads)
+    assert [c for c, _ in seen] == list(range(dut.latency, dut.latency + 16))
+    # b = 1.0: each product's value is a's value.
+    got = golden.product_to_float(unpack(FP8Product, [p for _, p in seen]))
+    assert np.array_equal(got, golden.reference_multiply(np.arange(16), 0x38, FP8Format.E4M3, FP8Format.E4M3))
 
 
 @pytest.mark.parametrize("stall,backpressure", [(0, 0), (0.5, 0.5)])

@@ -17,7 +17,7 @@ from sim.cocotb_runner import run_cocotb
 from sim.compare import assert_fields_equal
 from sim.golden import requantizer as golden
 from sim.payload import pack, unpack
-from sim.pysim import run_stream
+from sim.pysim import output_timing, run_stream
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 MULTIPLIER_MAX = (1 << 31) - 1
@@ -350,31 +350,13 @@ def test_fixed_point_within_one_lsb_of_float_reference():
 
 def test_latency_and_throughput_pysim():
     """One result per cycle with latency `Requantizer.latency`, checked on an idle-to-full run."""
-    from amaranth.sim import Simulator
     dut = Requantizer()
     payloads = pack(RequantizerInput, dict(accumulator=np.arange(16), multiplier=1 << 30, shift=1))
-    seen = []
-
-    async def bench(ctx):
-        ctx.set(dut.o.ready, 1)
-        for cycle in range(24):
-            if cycle < len(payloads):
-                ctx.set(dut.i.valid, 1)
-                ctx.set(dut.i.payload.as_value(), payloads[cycle])
-            else:
-                ctx.set(dut.i.valid, 0)
-            _, _, ready, valid, value = await ctx.tick().sample(
-                dut.i.ready, dut.o.valid, dut.o.payload.value)
-            assert ready
-            if valid:
-                seen.append((cycle, value))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
-    # The first result is valid `latency` ticks after its input was taken (scale 1: value = input).
-    assert seen == [(dut.latency + k, k) for k in range(16)]
+    seen = output_timing(dut, payloads)
+    # Scale 1: each output value equals its input accumulator.
+    values = unpack(RequantizerOutput, [p for _, p in seen])["value"]
+    assert [c for c, _ in seen] == [dut.latency + k for k in range(16)]
+    assert values.tolist() == list(range(16))
 
 
 @pytest.mark.parametrize("stall,backpressure", [(0, 0), (0.5, 0.5)])
