@@ -56,3 +56,19 @@ def test_broken_verilog_raises(tmp_path):
     message = str(excinfo.value)
     assert "synth_ecp5" in message
     assert "ERROR" in message      # Yosys' own error line is in the log tail
+
+
+@pytest.mark.parametrize("family,fp8", [("ice40", False), ("ecp5", True)],
+                         ids=["ice40-int8", "ecp5-fp8"])
+def test_systolic_array_multipliers_land_in_dsps(family, fp8, tmp_path):
+    """A 4 x 4 array: one DSP per PE, for every mode the build has (issue: matmul tile)."""
+    from rtl.matmul.array import SystolicArray
+
+    path = tmp_path / "array4x4.v"
+    path.write_text(component_to_verilog(SystolicArray(rows=4, cols=4, fp8=fp8), "array4x4"))
+    cells = synthesize(path, "array4x4", family, workdir=tmp_path)
+    assert cells[DSP_CELL[family]] == 16, cells
+    # No multiplier was built from LUTs: an 8 x 8 LUT multiplier alone is ~100 LUTs,
+    # so an integer PE (registers, muxes, adders) stays well under that.
+    if not fp8:
+        assert cells["lut"] < 16 * 80, cells
