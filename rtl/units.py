@@ -4,6 +4,8 @@ Maps a unit's name (its Verilog module and file name) to a function that builds
 it with its default parameters. A new unit adds one line here.
 """
 
+from functools import partial
+
 from .matmul.engine import MatmulEngine
 from .numerics.fp8_decoder import FP8Decoder
 from .numerics.fp8_encoder import FP8Encoder
@@ -19,5 +21,6 @@ UNITS = {
     "fp8_encoder": FP8Encoder,
     "fp8_multiplier": FP8Multiplier,
     "requantizer": Requantizer,
-    "matmul_engine": MatmulEngine,   # 16 x 16, INT8/UINT8/FP8, 512 accumulator rows
+    # 16 x 16, INT8/UINT8/FP8, 512 accumulator rows; the PE is one shared Verilog module.
+    "matmul_engine": partial(MatmulEngine, shared_pe_module=True),
 }

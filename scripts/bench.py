@@ -63,12 +63,14 @@ def bench_unit_latency(results):
 def bench_matmul(results, size=16, max_rows=128):
     """Utilization on a MiniLM projection (M=128, K=384, N=384) and fill/drain per pass,
     from the engine's own cycle counter, on the 16 x 16 engine."""
-    engine = lambda: MatmulEngine(rows=size, cols=size, max_rows=max_rows)  # noqa: E731
+    engine = lambda: MatmulEngine(rows=size, cols=size, max_rows=max_rows,  # noqa: E731
+                                  shared_pe_module=True)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "matmul.json"
 
         def run(mode, m, k, n):
             run_cocotb(engine(), name=f"matmul_engine_{size}x{size}",
+                       verilator_args=("--inline-mult", "1"),
                        test_module="sim.matmul_utilization",
                        extra_env=dict(ROWS=size, COLS=size, MAX_ROWS=max_rows, MODE=mode,
                                       M=m, K=k, N=n, RESULT=out, COCOTB_LOG_LEVEL="WARNING"))

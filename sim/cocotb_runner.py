@@ -76,8 +76,8 @@ def _locked(path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _build(runner, sim, verilog_path, toplevel, build_dir, waves):
-    build_args = list(VERILATOR_BUILD_ARGS) if sim == "verilator" else []
+def _build(runner, sim, verilog_path, toplevel, build_dir, waves, extra_args):
+    build_args = list(VERILATOR_BUILD_ARGS) + list(extra_args) if sim == "verilator" else []
     kwargs = dict(
         sources=[verilog_path],
         hdl_toplevel=toplevel,
@@ -100,7 +100,7 @@ def _build(runner, sim, verilog_path, toplevel, build_dir, waves):
 
 
 def run_cocotb(component, *, name, test_module, testcase=None, extra_env=None,
-               seed=None):
+               seed=None, verilator_args=()):
     """Export ``component`` as module ``name``, build it and run ``test_module`` on it.
 
     Parameters
@@ -117,6 +117,10 @@ def run_cocotb(component, *, name, test_module, testcase=None, extra_env=None,
         Environment for the test (how a pytest test passes parameters to cocotb).
     seed : int, optional
         cocotb's random seed.
+    verilator_args : sequence of str, optional
+        More Verilator build options, e.g. ``("--inline-mult", "1")`` to keep a
+        module instantiated many times (the systolic array's shared PE) out of
+        line, which builds a large array several times faster.
 
     Returns
     -------
@@ -135,7 +139,7 @@ def run_cocotb(component, *, name, test_module, testcase=None, extra_env=None,
         "verilog": verilog_text,
         "simulator": sim,
         "version": _simulator_version(sim),
-        "build_args": VERILATOR_BUILD_ARGS if sim == "verilator" else [],
+        "build_args": list(VERILATOR_BUILD_ARGS) + list(verilator_args) if sim == "verilator" else [],
         "timescale": TIMESCALE,
         "waves": waves,
         "python": sys.version,
@@ -152,7 +156,7 @@ def run_cocotb(component, *, name, test_module, testcase=None, extra_env=None,
                 shutil.rmtree(build_dir)  # a half-finished build
             build_dir.mkdir(parents=True)
             verilog_path.write_text(verilog_text)
-            _build(runner, sim, verilog_path, name, build_dir, waves)
+            _build(runner, sim, verilog_path, name, build_dir, waves, verilator_args)
             stamp.write_text(key_material)
 
     # Each test gets its own folder: results and waves of parallel tests never collide.

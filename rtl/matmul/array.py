@@ -1,6 +1,6 @@
 """Weight-stationary systolic array of processing elements."""
 
-from amaranth.hdl import Module
+from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -8,7 +8,12 @@ from .partial_sum import column_sum_layout, empty_sum
 from .pe import ActivationLane, ProcessingElement, WeightWrite
 
 
-__all__ = ["SystolicArray"]
+__all__ = ["SystolicArray", "pe_module_name"]
+
+
+def pe_module_name(rows, fp8):
+    """Verilog name of the one shared PE module of an array (see ``shared_pe_module``)."""
+    return f"jalapeno_pe_{rows}{'_fp8' if fp8 else ''}"
 
 
 class SystolicArray(wiring.Component):
@@ -35,6 +40,13 @@ class SystolicArray(wiring.Component):
         Array size (default 16 x 16 in the engine).
     fp8 : bool
         Build the FP8 datapath.
+    shared_pe_module : bool
+        Instantiate one Verilog module, :func:`pe_module_name`, R x C times
+        instead of elaborating every PE into its own module. The exported Verilog
+        is then about R x C times smaller and Verilator builds and runs it much
+        faster; :meth:`verilog_modules` gives the PE component to export beside it
+        (``sim.verilog.component_to_verilog`` does). Amaranth's simulator cannot
+        run an ``Instance``, so simulate the default (``False``) there.
 
     Members
     -------
@@ -48,13 +60,14 @@ class SystolicArray(wiring.Component):
         Global pipeline enable: every register but the weights holds when low.
     """
 
-    def __init__(self, *, rows, cols, fp8=True):
+    def __init__(self, *, rows, cols, fp8=True, shared_pe_module=False):
         for name, value in (("Row", rows), ("Column", cols)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} count must be a positive integer, not {value!r}")
         self._rows = rows
         self._cols = cols
         self._fp8 = bool(fp8)
+        self._shared_pe_module = bool(shared_pe_module)
         self._sum_layout = column_sum_layout(rows, fp8)
         super().__init__({
             "a": In(data.ArrayLayout(ActivationLane, rows)),
@@ -78,17 +91,34 @@ class SystolicArray(wiring.Component):
     def sum_layout(self):
         return self._sum_layout
 
+    def verilog_modules(self):
+        """``{name: component}`` of the Verilog modules this array instantiates."""
+        if not self._shared_pe_module:
+            return {}
+        return {pe_module_name(self._rows, self._fp8): ProcessingElement(rows=self._rows, fp8=self._fp8)}
+
     def column_latency(self, col):
         """Cycles from element 0 of a (skewed) row entering to column ``col``'s sum."""
         return self._rows + col + 1
 
     def elaborate(self, platform):
         m = Module()
-        pes = [[ProcessingElement(rows=self._rows, fp8=self._fp8) for _ in range(self._cols)]
-               for _ in range(self._rows)]
+        if self._shared_pe_module:
+            pes = [[_PEPorts(self._sum_layout, f"pe_{r}_{c}") for c in range(self._cols)]
+                   for r in range(self._rows)]
+        else:
+            pes = [[ProcessingElement(rows=self._rows, fp8=self._fp8) for _ in range(self._cols)]
+                   for _ in range(self._rows)]
         for r, row in enumerate(pes):
             for c, pe in enumerate(row):
-                m.submodules[f"pe_{r}_{c}"] = pe
+                if self._shared_pe_module:
+                    m.submodules[f"pe_{r}_{c}"] = Instance(
+                        pe_module_name(self._rows, self._fp8),
+                        i_clk=ClockSignal("sync"), i_rst=ResetSignal("sync"),
+                        i_advance=pe.advance, i_a_in=pe.a_in, o_a_out=pe.a_out,
+                        i_weight=pe.weight, i_sum_in=pe.sum_in, o_sum_out=pe.sum_out)
+                else:
+                    m.submodules[f"pe_{r}_{c}"] = pe
                 m.d.comb += [
                     pe.advance.eq(self.advance),
                     pe.a_in.eq(self.a[r] if c == 0 else pes[r][c - 1].a_out),
@@ -100,3 +130,15 @@ class SystolicArray(wiring.Component):
         for c in range(self._cols):
             m.d.comb += self.sums[c].eq(pes[self._rows - 1][c].sum_out)
         return m
+
+
+class _PEPorts:
+    """The signals wired to one instance of the shared PE module."""
+
+    def __init__(self, sum_layout, name):
+        self.advance = Signal(name=f"{name}_advance")
+        self.a_in = Signal(ActivationLane, name=f"{name}_a_in")
+        self.a_out = Signal(ActivationLane, name=f"{name}_a_out")
+        self.weight = Signal(WeightWrite, name=f"{name}_weight")
+        self.sum_in = Signal(sum_layout, name=f"{name}_sum_in")
+        self.sum_out = Signal(sum_layout, name=f"{name}_sum_out")

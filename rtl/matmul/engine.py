@@ -7,11 +7,11 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .array import SystolicArray
+from .array import SystolicArray, pe_module_name
 from .fp32_rounding import ResultRounder
 from .mode import MAX_EXACT_K, MatmulMode
 from .partial_sum import accumulator_layout, column_to_accumulator, empty_sum, merge_flags
-from .pe import ActivationLane
+from .pe import ActivationLane, ProcessingElement
 
 
 __all__ = ["matmul_pass_layout", "result_row_layout", "MatmulEngine"]
@@ -77,6 +77,10 @@ class MatmulEngine(wiring.Component):
         Accumulator depth: the largest M of a pass.
     fp8 : bool
         Build the FP8 modes (an integer-only engine is much smaller).
+    shared_pe_module : bool
+        Export the PE once as a Verilog module instantiated R x C times (see
+        :class:`~.array.SystolicArray`): for Verilator and synthesis. Amaranth's
+        simulator needs the default, ``False``.
 
     Members
     -------
@@ -87,7 +91,7 @@ class MatmulEngine(wiring.Component):
     cycle_count, row_count, stall_count : Out(32)
     """
 
-    def __init__(self, *, rows=16, cols=16, max_rows=512, fp8=True):
+    def __init__(self, *, rows=16, cols=16, max_rows=512, fp8=True, shared_pe_module=False):
         for name, value in (("Row", rows), ("Column", cols), ("Accumulator row", max_rows)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} count must be a positive integer, not {value!r}")
@@ -95,6 +99,7 @@ class MatmulEngine(wiring.Component):
         self._cols = cols
         self._max_rows = max_rows
         self._fp8 = bool(fp8)
+        self._shared_pe_module = bool(shared_pe_module)
         self._acc_layout = accumulator_layout(self._fp8, MAX_EXACT_K)
         super().__init__({
             "cmd": In(stream.Signature(matmul_pass_layout(max_rows))),
@@ -111,6 +116,16 @@ class MatmulEngine(wiring.Component):
     max_rows = property(lambda self: self._max_rows)
     fp8 = property(lambda self: self._fp8)
 
+    def verilog_modules(self):
+        """``{name: component}`` of the Verilog modules the engine instantiates."""
+        if not self._shared_pe_module:
+            return {}
+        return {pe_module_name(self._rows, self._fp8): ProcessingElement(rows=self._rows, fp8=self._fp8)}
+
+    def _array(self):
+        return SystolicArray(rows=self._rows, cols=self._cols, fp8=self._fp8,
+                             shared_pe_module=self._shared_pe_module)
+
     @property
     def latency(self):
         """Cycles from an A row's transfer to its result on ``c`` (no backpressure)."""
@@ -119,7 +134,7 @@ class MatmulEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         rows, cols = self._rows, self._cols
-        m.submodules.array = array = SystolicArray(rows=rows, cols=cols, fp8=self._fp8)
+        m.submodules.array = array = self._array()
         pass_layout = matmul_pass_layout(self._max_rows)
 
         advance = Signal()
