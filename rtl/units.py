@@ -11,6 +11,7 @@ from .numerics.fp8_decoder import FP8Decoder
 from .numerics.fp8_encoder import FP8Encoder
 from .numerics.fp8_multiplier import FP8Multiplier
 from .numerics.requantizer import Requantizer
+from .softmax import Softmax
 
 
 __all__ = ["UNITS"]
@@ -21,6 +22,7 @@ UNITS = {
     "fp8_encoder": FP8Encoder,
     "fp8_multiplier": FP8Multiplier,
     "requantizer": Requantizer,
+    "softmax": Softmax,              # rows up to 512, one lane
     # 16 x 16, INT8/UINT8/FP8, 512 accumulator rows; the PE is one shared Verilog module.
     "matmul_engine": partial(MatmulEngine, shared_pe_module=True),
 }

@@ -103,6 +103,11 @@ def bench_synthesis(results):
             results[f"{prefix}.ff"] = cells["ff"]
 
 
+def bench_softmax(results):
+    from sim.softmax_metrics import bench_softmax as run
+    run(results)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="build/bench/results.json")
@@ -111,7 +116,7 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.exists() else {}
     for bench in (bench_unit_latency, bench_pysim_speed, bench_verilator_speed,
-                  bench_synthesis, bench_matmul):
+                  bench_synthesis, bench_softmax, bench_matmul):
         print(f"-- {bench.__name__}", flush=True)
         bench(results)
     out.write_text(json.dumps(dict(sorted(results.items())), indent=2) + "\n")
