@@ -24,7 +24,7 @@ def _units(args):
 
     for name, factory in UNITS.items():
         unit = factory()
-        Fragment.get(unit, platform=None)
+        Fragment.get(unit, platform=None).prepare()  # elaborate the whole hierarchy
         ports = ", ".join(f"{port} ({'in' if member.flow == wiring.In else 'out'})"
                           for port, member in unit.signature.members.items())
         print(f"{name:<16} latency {unit.latency:>2}  ports: {ports}")

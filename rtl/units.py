@@ -10,6 +10,8 @@ from .matmul.engine import MatmulEngine
 from .numerics.fp8_decoder import FP8Decoder
 from .numerics.fp8_encoder import FP8Encoder
 from .numerics.fp8_multiplier import FP8Multiplier
+from .activation import Activation
+from .layernorm import LayerNorm
 from .numerics.requantizer import Requantizer
 from .softmax import Softmax
 
@@ -23,6 +25,8 @@ UNITS = {
     "fp8_multiplier": FP8Multiplier,
     "requantizer": Requantizer,
     "softmax": Softmax,              # rows up to 512, one lane
+    "layernorm": LayerNorm,          # LayerNorm / RMSNorm, hidden size up to 1024, one lane
+    "activation": Activation,        # 256-entry INT8 table (GELU, SiLU, ...), one lane
     # 16 x 16, INT8/UINT8/FP8, 512 accumulator rows; the PE is one shared Verilog module.
     "matmul_engine": partial(MatmulEngine, shared_pe_module=True),
 }

@@ -56,7 +56,7 @@ def bench_verilator_speed(results, transfers=200000, repeats=3):
 def bench_unit_latency(results):
     for name, factory in UNITS.items():
         unit = factory()
-        Fragment.get(unit, platform=None)  # elaborate it: the latency is checked, not just read
+        Fragment.get(unit, platform=None).prepare()  # elaborate the whole hierarchy
         results[f"{name}.latency_cycles"] = unit.latency
 
 
@@ -108,6 +108,11 @@ def bench_softmax(results):
     run(results)
 
 
+def bench_layernorm(results):
+    from sim.layernorm_metrics import bench_layernorm as run
+    run(results)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="build/bench/results.json")
@@ -116,7 +121,7 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.exists() else {}
     for bench in (bench_unit_latency, bench_pysim_speed, bench_verilator_speed,
-                  bench_synthesis, bench_softmax, bench_matmul):
+                  bench_synthesis, bench_softmax, bench_layernorm, bench_matmul):
         print(f"-- {bench.__name__}", flush=True)
         bench(results)
     out.write_text(json.dumps(dict(sorted(results.items())), indent=2) + "\n")

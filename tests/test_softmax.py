@@ -1,3 +1,5 @@
+# amaranth: UnusedElaboratable=no
+# (test_rejects_bad_parameters leaves half-constructed units that are never elaborated)
 """Softmax unit: golden vs float64, golden edge cases, RTL vs golden in Amaranth's
 simulator and on Verilator.
 
@@ -149,7 +151,7 @@ def test_rejects_bad_parameters(kwargs, error, message):
 
 def test_elaborates_with_odd_parameters():
     for max_length, lanes in ((1, 1), (5, 3), (512, 4)):
-        Fragment.get(Softmax(max_length=max_length, lanes=lanes), platform=None)
+        Fragment.get(Softmax(max_length=max_length, lanes=lanes), platform=None).prepare()
 
 
 # -- RTL in Amaranth's simulator -------------------------------------------------------------------
