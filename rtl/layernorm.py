@@ -130,6 +130,13 @@ class LayerNorm(wiring.Component):
         Output codes.
     params : In(stream.Signature(layernorm_param_layout(max_hidden)))
         Per-channel gamma and beta writes (always ready).
+    error : Out(1)
+        Sticky: a descriptor was invalid (N = 0, N > ``max_hidden``, or N not a
+        multiple of ``lanes``). Such a descriptor is consumed and dropped: it
+        starts no row, takes no input and gives no output, so the unit never
+        hangs on it and never writes past its row buffer.
+    error_count : Out(16)
+        How many descriptors were invalid (saturates).
     """
 
     latency = 16
@@ -147,6 +154,8 @@ class LayerNorm(wiring.Component):
             "i": In(stream.Signature(data.ArrayLayout(signed(8), lanes))),
             "o": Out(stream.Signature(data.ArrayLayout(signed(8), lanes))),
             "params": In(stream.Signature(layernorm_param_layout(max_hidden))),
+            "error": Out(1),
+            "error_count": Out(16),
         })
 
     max_hidden = property(lambda self: self._max_hidden)
@@ -219,6 +228,15 @@ class LayerNorm(wiring.Component):
         row_ends = i_fire & st_last
         m.d.comb += self.cmd.ready.eq(bank_free & (~st_active | row_ends))
         cmd_fire = self.cmd.valid & self.cmd.ready
+        cmd_n = self.cmd.payload.n
+        cmd_bad = (cmd_n == 0) | (cmd_n > self._max_hidden)
+        if lane_bits:
+            cmd_bad = cmd_bad | (cmd_n[:lane_bits] != 0)
+        with m.If(cmd_fire & cmd_bad):
+            m.d.sync += self.error.eq(1)
+            with m.If(self.error_count != 0xFFFF):
+                m.d.sync += self.error_count.eq(self.error_count + 1)
+        cmd_start = cmd_fire & ~cmd_bad
 
         lane_sum = Signal(signed(8 + lane_bits + 1))
         lane_sq = Signal(unsigned(14 + lane_bits + 1))
@@ -237,7 +255,7 @@ class LayerNorm(wiring.Component):
             ]
         with m.If(row_ends):
             m.d.sync += st_active.eq(0)
-        with m.If(cmd_fire):
+        with m.If(cmd_start):
             m.d.sync += [
                 st_active.eq(1),
                 st_bank.eq(rows_started[:2]),

@@ -219,3 +219,44 @@ def test_throughput_pysim():
 def test_rtl_matches_golden_verilator():
     run_cocotb(LayerNorm(max_hidden=1024), name="layernorm", test_module="tests.benches.tb_layernorm",
                extra_env={"SEED": 7})
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_invalid_descriptors_are_errors_not_hangs(lanes):
+    """N = 0, N > max_hidden and (with 2 lanes) odd N: dropped, counted, flagged; the next
+    valid row still comes out right."""
+    rng = np.random.default_rng(77)
+    problem = make_problem(random_rows(rng, 2, 8), rng=rng, rms=False)
+    (params, cmds, inputs, n_out), = encode([problem], 32, lanes)
+    layout = layernorm_row_layout(32)
+    bad_ns = [0, 33, 63] + ([3] if lanes == 2 else [])
+    bad = pack(layout, {"n": np.array(bad_ns), "rms": np.zeros(len(bad_ns), int),
+                        "eps": np.ones(len(bad_ns), int), "gamma_frac": np.zeros(len(bad_ns), int)})
+    dut = LayerNorm(max_hidden=32, lanes=lanes)
+    out = []
+
+    async def bench(ctx):
+        for port, payloads in ((dut.params, params), (dut.cmd, bad + cmds[:1])):
+            for payload in payloads:
+                ctx.set(port.valid, 1)
+                ctx.set(Value.cast(port.payload), payload)
+                await ctx.tick().until(port.ready)
+            ctx.set(port.valid, 0)
+        assert ctx.get(dut.error) == 1 and ctx.get(dut.error_count) == len(bad_ns)
+        ctx.set(dut.o.ready, 1)
+        for payload in inputs[:len(inputs) // 2]:     # the one valid row
+            ctx.set(dut.i.valid, 1)
+            ctx.set(Value.cast(dut.i.payload), payload)
+            await ctx.tick().until(dut.i.ready)
+        ctx.set(dut.i.valid, 0)
+        for _ in range(200):
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, Value.cast(dut.o.payload))
+            if valid:
+                out.append(payload)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(out) == n_out // 2
+    assert np.array_equal(decode(out, lanes), problem["expected"][0].ravel())
