@@ -113,6 +113,12 @@ def bench_layernorm(results):
     run(results)
 
 
+def bench_scheduler(results):
+    """Batching on vs off with the engine cost model of sim/golden/scheduler.py; plot."""
+    from sim.golden.scheduler import bench_scheduler as run
+    run(results, Path("build/bench/scheduler.png"))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="build/bench/results.json")
@@ -121,7 +127,7 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.exists() else {}
     for bench in (bench_unit_latency, bench_pysim_speed, bench_verilator_speed,
-                  bench_synthesis, bench_softmax, bench_layernorm, bench_matmul):
+                  bench_synthesis, bench_softmax, bench_layernorm, bench_scheduler, bench_matmul):
         print(f"-- {bench.__name__}", flush=True)
         bench(results)
     out.write_text(json.dumps(dict(sorted(results.items())), indent=2) + "\n")
