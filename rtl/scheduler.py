@@ -1,6 +1,6 @@
 """Dynamic-batching request scheduler (specification: ``docs/scheduler.md``)."""
 
-from amaranth.hdl import Array, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Assert, Module, Mux, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -95,15 +95,35 @@ class Scheduler(wiring.Component):
         Requests the queue holds (e.g. 64).
     max_inflight : int
         Batches dispatched and not yet done.
+    properties : bool
+        Add the formal properties (``Assert``) checked by ``tests/test_scheduler.py``
+        with SymbiYosys: every queued request is accounted for
+        (``waiting == accepted - timed_out - dispatched``), an accepted request
+        never takes an occupied slot, a dispatched slot holds a request (so no
+        request is dispatched twice), and ``age`` (per slot, the cycles since its
+        request was accepted) is exposed for wait-bound properties. Off for
+        simulation and synthesis.
     """
 
-    def __init__(self, *, queue_depth=64, max_inflight=4):
+    #: Cycles from a request's transfer to its ACCEPTED / REJECTED response.
+    latency = 1
+
+    def __init__(self, *, queue_depth=64, max_inflight=4, properties=False):
         for name, value in (("Queue depth", queue_depth), ("In-flight batch count", max_inflight)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} must be a positive integer, not {value!r}")
         self._depth = queue_depth
         self._inflight = max_inflight
+        self._properties = bool(properties)
+        formal_ports = {}
+        if self._properties:
+            formal_ports = {
+                "dispatched": Out(32),
+                "ages": Out(data.ArrayLayout(32, queue_depth)),
+                "occupied": Out(queue_depth),
+            }
         super().__init__({
+            **formal_ports,
             "req": In(stream.Signature(SchedulerRequest)),
             "resp": Out(stream.Signature(SchedulerResponse)),
             "batch": Out(stream.Signature(batch_word_layout(queue_depth, max_inflight))),
@@ -183,6 +203,9 @@ class Scheduler(wiring.Component):
                              entries[free_slot].request.eq(req),
                              entries[free_slot].arrival.eq(now)]
                 m.d.comb += set_valid.eq(1 << free_slot)
+                if self._properties:
+                    m.d.comb += Assert(~valid.bit_select(free_slot, 1),
+                                       "an accepted request takes a free slot")
 
         # -- in-flight batches: ids per tag -------------------------------------------------
         batch_ids = Array(Array(Signal(16, name=f"batch_{t}_id_{k}") for k in range(depth))
@@ -406,9 +429,25 @@ class Scheduler(wiring.Component):
                     with m.If(waited > self.max_wait):
                         m.d.sync += self.max_wait.eq(waited)
                     m.d.comb += clear_valid.eq(1 << slot)
+                    if self._properties:
+                        m.d.sync += self.dispatched.eq(self.dispatched + 1)
+                        m.d.comb += Assert(valid.bit_select(slot, 1),
+                                           "a dispatched slot holds a request")
                     with m.If(segment == member_count - 1):
                         # In flight from its last word on: a `done` for it is valid now.
                         m.d.comb += set_busy.eq(1 << tag)
                         m.d.sync += [best_found.eq(0), oldest_found.eq(0), index.eq(0)]
                         m.next = "SCAN"
+        if self._properties:
+            m.d.comb += [
+                self.occupied.eq(valid),
+                Assert(self.waiting == self.accepted - self.timed_out - self.dispatched,
+                       "every queued request is accounted for"),
+                Assert(self.accepted - self.timed_out >= self.dispatched),
+            ]
+            for i in range(depth):
+                with m.If(set_valid[i]):
+                    m.d.sync += self.ages[i].eq(0)
+                with m.Elif(valid[i] & (self.ages[i] != 0xFFFFFFFF)):
+                    m.d.sync += self.ages[i].eq(self.ages[i] + 1)
         return m

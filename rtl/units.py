@@ -13,6 +13,7 @@ from .numerics.fp8_multiplier import FP8Multiplier
 from .activation import Activation
 from .layernorm import LayerNorm
 from .numerics.requantizer import Requantizer
+from .scheduler import Scheduler
 from .softmax import Softmax
 
 
@@ -27,6 +28,7 @@ UNITS = {
     "softmax": Softmax,              # rows up to 512, one lane
     "layernorm": LayerNorm,          # LayerNorm / RMSNorm, hidden size up to 1024, one lane
     "activation": Activation,        # 256-entry INT8 table (GELU, SiLU, ...), one lane
+    "scheduler": Scheduler,          # dynamic batching: 64-request queue, 4 batches in flight
     # 16 x 16, INT8/UINT8/FP8, 512 accumulator rows; the PE is one shared Verilog module.
     "matmul_engine": partial(MatmulEngine, shared_pe_module=True),
 }
