@@ -4,7 +4,8 @@ Environment: DEPTH, INFLIGHT (the build), SEED, REQUESTS, PATTERN ("steady" or
 "bursty"), WORK_CONSERVING.
 
 The testbench submits requests at their arrival times, answers each batch after
-an engine cost (fetch cycles + rows), records every response and batch, then
+a random engine time plus its rows (taking waiting batches in random order, so
+batches complete out of order), records every response and batch, then
 checks every invariant (sim.golden.scheduler.check_trace) and every batch
 decision against the reference policy (sim.golden.scheduler.form_batch) applied
 to the queue as it was at the batch's decision time.
@@ -12,7 +13,6 @@ to the queue as it was at the batch's decision time.
 
 import os
 import random
-from collections import deque
 
 import cocotb
 from cocotb.clock import Clock
@@ -42,7 +42,7 @@ def make_traffic(rng):
         if PATTERN == "bursty":      # bursts of 24 back to back (the queue fills), then gaps
             t += 1 if (i // 24) % 2 == 0 else rng.randint(1, 400)
         else:                        # near the scheduler's capacity
-            t += rng.randint(10, 150)
+            t += rng.randint(5, 80)
         rows = 0 if rng.random() < 0.01 else rng.choice([1, 1, 1, 2, 3, 4, 8, 13, 17])
         deadline = t + rng.randint(50, 4000) if rng.random() < 0.2 else 0
         request = golden.Request(id=i & 0xFFFF, program=rng.choice([0, 0, 1, 2]), rows=rows,
@@ -86,7 +86,7 @@ async def randomized_traffic(dut):
 
     submissions, responses, dispatches, dones = [], [], [], []
     arrivals = {}                       # id -> arrival cycle (the scheduler's `now`)
-    pending_batches = deque()           # (tag, total_rows) waiting for the engine model
+    pending_batches = []                # (tag, total_rows) waiting for the engine model
     current = None
     state = {"engine_busy_until": 0, "engine_tag": None}
     next_request = 0
@@ -104,11 +104,14 @@ async def randomized_traffic(dut):
             dut.req__valid.value = 0
         dut.resp__ready.value = int(rng.random() < 0.8)
         dut.batch__ready.value = int(rng.random() < 0.9)
-        # engine model: one batch at a time, done after fetch + rows cycles
+        # engine model: one batch at a time, done after fetch + rows cycles; it takes the
+        # waiting batches in random order, so batches also complete out of dispatch order
         if state["engine_tag"] is None and pending_batches:
-            tag, rows = pending_batches.popleft()
+            pick = rng.randrange(len(pending_batches))
+            tag, rows = pending_batches[pick]
+            del pending_batches[pick]
             state["engine_tag"] = tag
-            state["engine_busy_until"] = now + FETCH_CYCLES + rows
+            state["engine_busy_until"] = now + rng.randint(FETCH_CYCLES // 2, 6 * FETCH_CYCLES) + rows
         done_valid = state["engine_tag"] is not None and now >= state["engine_busy_until"]
         dut.done__valid.value = int(done_valid)
         if done_valid:
@@ -157,6 +160,11 @@ async def randomized_traffic(dut):
     stats = golden.check_trace(submissions, responses,
                                [(decided, tag, prog, segs) for _, tag, prog, segs, decided in dispatches],
                                CONFIG, DEPTH, dones)
+    # Batches completed out of dispatch order at least once.
+    done_order = [tag for _, tag in dones]
+    dispatch_order = [tag for _, tag, *_ in dispatches]
+    assert done_order != dispatch_order[:len(done_order)], "no out-of-order completion exercised"
+
     # Every decision, against the reference policy at the decision time.
     dispatched = set()
     requests_by_id = {r.id: r for _, r in submissions}
