@@ -14,7 +14,16 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
 
-__all__ = ["StreamDriver", "StreamMonitor", "StreamTestbench"]
+__all__ = ["StreamDriver", "StreamMonitor", "StreamTestbench", "reset_dut"]
+
+
+async def reset_dut(dut, cycles=2):
+    """Hold ``rst`` for ``cycles`` rising edges; release it at the next falling edge."""
+    dut.rst.value = 1
+    for _ in range(cycles):
+        await RisingEdge(dut.clk)
+    await FallingEdge(dut.clk)
+    dut.rst.value = 0
 
 
 class StreamDriver:
@@ -121,11 +130,7 @@ class StreamTestbench:
                                      backpressure=backpressure, seed=seed + 1)
 
     async def reset(self, cycles=2):
-        self.dut.rst.value = 1
-        for _ in range(cycles):
-            await RisingEdge(self.clk)
-        await FallingEdge(self.clk)
-        self.dut.rst.value = 0
+        await reset_dut(self.dut, cycles)
 
     async def transfer(self, payloads, count=None, *, max_cycles=None):
         """Send every payload and return ``count`` (default: as many) outputs."""

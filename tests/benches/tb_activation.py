@@ -8,10 +8,9 @@ import os
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, RisingEdge
 
 from rtl.activation import ActivationTableWrite
-from sim.cocotb_stream import StreamDriver, StreamMonitor
+from sim.cocotb_stream import StreamDriver, StreamMonitor, reset_dut
 from sim.golden import activation as golden
 from sim.payload import pack, pack_lanes, unpack_lanes
 
@@ -23,11 +22,7 @@ TABLES = [("gelu", 0.05, 0.04, 0, 0), ("gelu_tanh", 0.1, 0.05, 3, -20),
 
 
 async def reset(dut):
-    dut.rst.value = 1
-    for _ in range(2):
-        await RisingEdge(dut.clk)
-    await FallingEdge(dut.clk)
-    dut.rst.value = 0
+    await reset_dut(dut)
 
 
 async def run_phases(dut, stall, backpressure, count):

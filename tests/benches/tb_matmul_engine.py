@@ -13,12 +13,11 @@ import numpy as np
 from jalapeno.matmul_tiling import assemble, plan_matmul
 from rtl.matmul.engine import matmul_pass_layout
 from rtl.matmul.mode import MatmulMode
-from sim.cocotb_stream import StreamDriver, StreamMonitor
+from sim.cocotb_stream import StreamDriver, StreamMonitor, reset_dut
 from sim.golden import matmul as golden
 from sim.matmul_cases import cancellation_problems, random_codes
 from sim.payload import pack, pack_lanes, unpack_lanes
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, RisingEdge
 
 
 ROWS = int(os.environ.get("ROWS", "4"))
@@ -40,11 +39,7 @@ class EngineTestbench:
         self.c = StreamMonitor(dut, "c", dut.clk, backpressure=stall, seed=seed + 3)
 
     async def reset(self):
-        self.dut.rst.value = 1
-        for _ in range(2):
-            await RisingEdge(self.dut.clk)
-        await FallingEdge(self.dut.clk)
-        self.dut.rst.value = 0
+        await reset_dut(self.dut)
 
     async def run(self, commands, weight_rows, a_rows, result_count):
         """Send every pass; return the result rows as (values, errors)."""

@@ -10,10 +10,9 @@ import os
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, RisingEdge
 
 from sim import softmax_metrics as cases
-from sim.cocotb_stream import StreamDriver, StreamMonitor
+from sim.cocotb_stream import StreamDriver, StreamMonitor, reset_dut
 from sim.golden import softmax as golden
 
 
@@ -35,11 +34,7 @@ class SoftmaxTestbench:
         self.o = StreamMonitor(dut, "o", dut.clk, backpressure=stall, seed=seed + 3)
 
     async def reset(self):
-        self.dut.rst.value = 1
-        for _ in range(2):
-            await RisingEdge(self.dut.clk)
-        await FallingEdge(self.dut.clk)
-        self.dut.rst.value = 0
+        await reset_dut(self.dut)
 
     async def run(self, batch, table, seed):
         """Load ``table``, then stream the batch; compare every output with golden."""
