@@ -1,9 +1,8 @@
 """Dynamic-batching request scheduler (specification: ``docs/scheduler.md``)."""
 
-from amaranth.hdl import Array, Assert, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Assert, Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
 
 
 __all__ = ["Status", "SchedulerRequest", "SchedulerResponse", "batch_word_layout", "Scheduler"]

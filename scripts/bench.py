@@ -6,7 +6,6 @@ speed) are noisy on shared machines and are reported as the best of a few runs.
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time

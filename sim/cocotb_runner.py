@@ -26,7 +26,6 @@ import shutil
 import sys
 from contextlib import contextmanager
 from importlib import metadata
-from pathlib import Path
 
 from cocotb_tools.runner import get_results, get_runner
 

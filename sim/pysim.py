@@ -12,12 +12,29 @@ from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
 
-__all__ = ["run_stream"]
+__all__ = ["run_stream", "send_stream", "output_timing"]
 
 
 def _bits(payload):
     """The payload as a plain value, whether it is a signal or a layout view."""
     return Value.cast(payload)
+
+
+async def send_stream(ctx, port, payloads, *, stall=0.0, rng=None):
+    """Send ``payloads`` (flat integers) on the stream ``port`` from a testbench.
+
+    Before each payload, ``valid`` stays low for a random number of cycles (each
+    cycle with probability ``stall``, drawn from ``rng``); once raised, ``valid``
+    and the payload hold until ``ready``. ``valid`` is low again at the end.
+    """
+    for payload in payloads:
+        while stall and rng.random() < stall:
+            ctx.set(port.valid, 0)
+            await ctx.tick()
+        ctx.set(port.valid, 1)
+        ctx.set(_bits(port.payload), int(payload))
+        await ctx.tick().until(port.ready)
+    ctx.set(port.valid, 0)
 
 
 def run_stream(component, payloads, *, count=None, stall=0.0, backpressure=0.0, seed=0,
@@ -53,13 +70,7 @@ def run_stream(component, payloads, *, count=None, stall=0.0, backpressure=0.0, 
     dut = component
 
     async def source(ctx):
-        for payload in payloads:
-            while stall and rng_in.random() < stall:
-                await ctx.tick()
-            ctx.set(dut.i.valid, 1)
-            ctx.set(_bits(dut.i.payload), payload)
-            await ctx.tick().until(dut.i.ready)
-            ctx.set(dut.i.valid, 0)
+        await send_stream(ctx, dut.i, payloads, stall=stall, rng=rng_in)
 
     async def sink(ctx):
         held = None

@@ -14,7 +14,7 @@ from rtl.activation import Activation, ActivationTableWrite
 from sim.cocotb_runner import run_cocotb
 from sim.golden import activation as golden
 from sim.payload import pack, pack_lanes, unpack_lanes
-from sim.pysim import output_timing
+from sim.pysim import output_timing, send_stream
 
 
 # Scales as a compiler would see them around an FFN: input scales of a few hundredths,
@@ -106,19 +106,9 @@ def run_activation(dut, tables_and_codes, *, stall=0.0, backpressure=0.0, seed=0
             while len(done) < phase:
                 await ctx.tick()
             writes = pack(ActivationTableWrite, {"index": np.arange(256), "value": table})
-            for w in writes:
-                ctx.set(dut.table.valid, 1)
-                ctx.set(Value.cast(dut.table.payload), w)
-                await ctx.tick().until(dut.table.ready)
-            ctx.set(dut.table.valid, 0)
+            await send_stream(ctx, dut.table, writes)
             loaded.append(phase)
-            for payload in pack_lanes(codes, 8):
-                while stall and rng_in.random() < stall:
-                    await ctx.tick()
-                ctx.set(dut.i.valid, 1)
-                ctx.set(Value.cast(dut.i.payload), payload)
-                await ctx.tick().until(dut.i.ready)
-                ctx.set(dut.i.valid, 0)
+            await send_stream(ctx, dut.i, pack_lanes(codes, 8), stall=stall, rng=rng_in)
 
     async def sink(ctx):
         for table, codes in tables_and_codes:

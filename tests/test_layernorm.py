@@ -12,6 +12,7 @@ from rtl.layernorm import LayerNorm, layernorm_param_layout, layernorm_row_layou
 from sim.cocotb_runner import run_cocotb
 from sim.golden import layernorm as golden
 from sim.layernorm_cases import edge_problems, make_problem, random_rows
+from sim.pysim import send_stream
 from sim.payload import pack, pack_lanes, unpack_lanes
 
 
@@ -120,13 +121,7 @@ def run_layernorm_pysim(dut, problems, *, stall=0.0, backpressure=0.0, seed=0, c
     rngs = [random.Random(seed + k) for k in range(3)]
 
     async def send(ctx, port, payloads, rng, stall):
-        for payload in payloads:
-            while stall and rng.random() < stall:
-                await ctx.tick()
-            ctx.set(port.valid, 1)
-            ctx.set(Value.cast(port.payload), payload)
-            await ctx.tick().until(port.ready)
-            ctx.set(port.valid, 0)
+        await send_stream(ctx, port, payloads, stall=stall, rng=rng)
 
     async def params_source(ctx):
         for k, (params, *_rest) in enumerate(encoded):

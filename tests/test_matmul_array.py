@@ -647,7 +647,7 @@ def test_result_rounder(stall):
 
     async def bench(ctx):
         # Model of the pipeline: results of the inputs taken at advancing edges, in order.
-        taken, visible = [], []
+        taken = []
         i = 0
         while len(got) < len(cases):
             advance = 1 if i >= len(cases) else int(rnd.random() >= stall)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from jalapeno.matmul_tiling import assemble, plan_matmul
 from rtl.matmul.engine import MatmulEngine

@@ -1,10 +1,8 @@
 """Golden model of the matmul engine (sim/golden/matmul.py): exactness, rounding, specials."""
 
 import itertools
-import math
 import time
 
-import ml_dtypes
 import numpy as np
 import pytest
 

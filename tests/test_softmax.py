@@ -15,10 +15,11 @@ import pytest
 from amaranth.hdl import Fragment, Value
 from amaranth.sim import Simulator
 
-from rtl.softmax import Softmax, row_command_layout, table_entry_layout
+from rtl.softmax import Softmax
 from sim.cocotb_runner import run_cocotb
 from sim.golden import softmax as golden
 from sim import softmax_metrics as cases
+from sim.pysim import send_stream
 
 
 # -- golden vs float64 ---------------------------------------------------------------------------
@@ -178,14 +179,7 @@ def run_softmax(dut, batch, table, *, stall=0.0, backpressure=0.0, seed=0, max_c
         if after_table:
             while not state["table_done"]:
                 await ctx.tick()
-        for payload in payloads:
-            while stall and rng.random() < stall:
-                ctx.set(port.valid, 0)
-                await ctx.tick()
-            ctx.set(port.valid, 1)
-            ctx.set(Value.cast(port.payload), payload)
-            await ctx.tick().until(port.ready)
-        ctx.set(port.valid, 0)
+        await send_stream(ctx, port, payloads, stall=stall, rng=rng)
 
     async def table_source(ctx):
         await send(ctx, dut.table, table_p, rngs[0])

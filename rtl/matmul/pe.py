@@ -156,7 +156,6 @@ class ProcessingElement(wiring.Component):
             ]
 
         # Stage 1 -> 2: place the product in the column sum (low or high part) and add.
-        layout = self.sum_out.shape()
         s1_low = Signal.like(self.sum_out.low, name="s1_low")
         s1_high = Signal.like(self.sum_out.high, name="s1_high") if self._fp8 else None
         s1_flags = {name: Signal(name=f"s1_term_{name}") for name in ("nan", "pos_inf", "neg_inf", "neg_zero")}

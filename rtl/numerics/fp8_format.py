@@ -20,7 +20,6 @@ it is exact, and an accumulator can add it by shifting ``significand`` left by
 ``exponent - min_exponent``.
 """
 
-import enum as py_enum
 from dataclasses import dataclass
 
 from amaranth.hdl import signed, unsigned

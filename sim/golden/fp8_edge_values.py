@@ -5,7 +5,6 @@ Used by the tests (golden vs ml_dtypes, RTL vs golden) and the bench.
 
 import numpy as np
 
-from rtl.numerics.fp8_format import FP8Format
 
 from .fp8_codec import reference_decode
 

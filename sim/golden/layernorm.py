@@ -27,7 +27,6 @@ and one Newton-Raphson step ``y1 = y0 * (3 - m * y0**2) / 2`` in fixed point.
 Measured max relative error: :data:`RSQRT_MAX_REL_ERR` (from :func:`measure_rsqrt_error`).
 """
 
-import math
 
 import numpy as np
 
