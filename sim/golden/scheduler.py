@@ -196,6 +196,22 @@ def _wait_stats(values):
             "mean": float(np.mean(values)) if values else 0.0}
 
 
+def _trace_stats(low_waits, high_waits, all_waits, status_counts, n_batches, batched_rows):
+    """The statistics of a trace, named like the RTL's counters where they have one."""
+    return {
+        "wait": {0: low_waits, 1: high_waits, "all": _wait_stats(all_waits)},
+        "status_counts": {s.name: status_counts.get(s.name, 0) for s in Status},
+        "batches": n_batches,
+        "batched_rows": batched_rows,
+        "mean_rows_per_batch": batched_rows / n_batches if n_batches else 0.0,
+        "accepted": status_counts.get("ACCEPTED", 0),
+        "rejected": status_counts.get("REJECTED_FULL", 0) + status_counts.get("REJECTED_INVALID", 0),
+        "timed_out": status_counts.get("TIMED_OUT", 0),
+        "max_wait": max(all_waits) if all_waits else 0,
+        "total_wait": sum(all_waits),
+    }
+
+
 def check_trace(submissions, responses, dispatches, config, queue_depth, dones=None, *,
                 scan_slack=0, low_wait_bound=None, high_wait_bound=None, accept_latency=None,
                 timeout_latency=None):
@@ -409,18 +425,8 @@ def check_trace(submissions, responses, dispatches, config, queue_depth, dones=N
         assert stats_by_prio[1]["max"] <= high_wait_bound, (
             f"high-priority max wait {stats_by_prio[1]['max']} exceeds the bound {high_wait_bound}")
     n_batches = len(dispatches)
-    return {
-        "wait": {0: stats_by_prio[0], 1: stats_by_prio[1], "all": _wait_stats(all_waits)},
-        "status_counts": {s.name: status_counts.get(s.name, 0) for s in Status},
-        "batches": n_batches,
-        "batched_rows": batch_rows_total,
-        "mean_rows_per_batch": batch_rows_total / n_batches if n_batches else 0.0,
-        "accepted": status_counts.get("ACCEPTED", 0),
-        "rejected": status_counts.get("REJECTED_FULL", 0) + status_counts.get("REJECTED_INVALID", 0),
-        "timed_out": status_counts.get("TIMED_OUT", 0),
-        "max_wait": max(all_waits) if all_waits else 0,
-        "total_wait": sum(all_waits),
-    }
+    return _trace_stats(stats_by_prio[0], stats_by_prio[1], all_waits, status_counts,
+                        n_batches, batch_rows_total)
 
 
 # ---------------------------------------------------------------------------------------
@@ -588,17 +594,9 @@ def simulate(arrivals, config, queue_depth, engine_cost=None, *, max_in_flight=1
     codes = Counter(code.name for _, _, code in res.responses)
     span = max(last_done - first_cycle, 1)
     res.stats = {
-        "wait": {0: _wait_stats(waits[0]), 1: _wait_stats(waits[1]), "all": _wait_stats(all_waits)},
+        **_trace_stats(_wait_stats(waits[0]), _wait_stats(waits[1]), all_waits, codes,
+                       n_batches, batched_rows),
         "latency": _wait_stats(latencies),
-        "status_counts": {s.name: codes.get(s.name, 0) for s in Status},
-        "batches": n_batches,
-        "batched_rows": batched_rows,
-        "mean_rows_per_batch": batched_rows / n_batches if n_batches else 0.0,
-        "accepted": codes.get("ACCEPTED", 0),
-        "rejected": codes.get("REJECTED_FULL", 0) + codes.get("REJECTED_INVALID", 0),
-        "timed_out": codes.get("TIMED_OUT", 0),
-        "max_wait": max(all_waits) if all_waits else 0,
-        "total_wait": sum(all_waits),
         "throughput_rows_per_cycle": done_rows / span,
         "cycles": span,
     }
