@@ -1,0 +1,286 @@
+"""The host runtime: an :class:`Accelerator` runs ops and programs on a core through a transport."""
+
+import numpy as np
+
+from rtl.core.status import COUNTER_BASE, Counter, ErrorCode, Register
+from rtl.isa import PARAM_WORDS, Bank, PostOp
+from rtl.matmul.mode import MatmulMode
+
+from .program import Program
+from .transport import RunOutcome
+
+
+__all__ = ["Accelerator", "DeviceError", "RunStats"]
+
+_UNITS = {0: "the dispatcher", 1: "the load unit", 2: "the compute unit", 3: "the store unit"}
+_EXPLANATIONS = {
+    ErrorCode.UNKNOWN_OPCODE: "an instruction has an opcode the core does not implement",
+    ErrorCode.ADDRESS: "an instruction addresses words outside an on-chip buffer or external memory",
+    ErrorCode.BAD_FIELD: "an instruction field is out of range (a zero or too large size, a mode "
+                         "this core was not built with, a bad bank or post op, or a shift out of range)",
+    ErrorCode.TOKEN_OVERFLOW: "a dependency-token counter overflowed",
+    ErrorCode.ENGINE: "the matmul engine flagged a result",
+}
+
+
+class DeviceError(RuntimeError):
+    """The core reported an error, or a program could not finish."""
+
+    def __init__(self, message, code=None, unit=None):
+        super().__init__(message)
+        self.code = code
+        self.unit = unit
+
+
+class RunStats(dict):
+    """Counter deltas of one run (``Counter`` names, lower case), plus derived figures."""
+
+
+class Accelerator:
+    """Ops on the accelerator core behind ``transport``.
+
+    The op methods take codes (NumPy integer arrays of 8-bit codes, and the
+    per-channel parameters of requantization), tile the work onto the array,
+    emit one program, run it, and return the result; :attr:`last_stats` holds the
+    hardware counters of the last run.
+    """
+
+    MAX_CYCLES = 1 << 40
+
+    def __init__(self, transport):
+        self.transport = transport
+        read = transport.read_register
+        self.lanes = read(Register.LANES)
+        self.fp8 = bool(read(Register.CONFIG) & 1)
+        self.inp_words = read(Register.INP_WORDS)
+        self.wgt_words = read(Register.WGT_WORDS)
+        self.out_words = read(Register.OUT_WORDS)
+        self.max_rows = read(Register.MAX_ROWS)
+        self.last_stats = None
+        if transport.word_bytes != self.lanes:
+            raise DeviceError(f"the transport moves {transport.word_bytes}-byte words but the "
+                              f"core has {self.lanes} lanes")
+
+    # -- Programs -------------------------------------------------------------------------
+
+    def counters(self):
+        return {c: self.transport.read_register(COUNTER_BASE + c) for c in Counter}
+
+    def run(self, program, *, useful_macs=None):
+        """Run ``program`` to completion; raise :class:`DeviceError` if the core fails."""
+        before = self.counters()
+        self.transport.push_instructions(program.to_bytes())
+        result = self.transport.run(self.MAX_CYCLES)
+        after = self.counters()
+        stats = RunStats({c.name.lower(): (after[c] - before[c]) & 0xFFFFFFFF for c in Counter})
+        stats["lanes"] = self.lanes
+        if useful_macs is not None:
+            stats["useful_macs"] = int(useful_macs)
+            cycles = max(stats["cycles"], 1)
+            stats["mac_utilization"] = useful_macs / (cycles * self.lanes * self.lanes)
+        stats["array_busy"] = stats["mac_cycles"] / max(stats["cycles"], 1)
+        self.last_stats = stats
+        if result.outcome == RunOutcome.ERROR:
+            status = self.transport.read_register(Register.STATUS)
+            unit = self.transport.read_register(Register.ERROR_UNIT)
+            code = ErrorCode((status >> 4) & 0xF)
+            self.transport.soft_reset()
+            raise DeviceError(f"device error {code.name} in {_UNITS.get(unit, unit)}: "
+                              f"{_EXPLANATIONS.get(code, 'unknown error')}", code, unit)
+        if result.outcome == RunOutcome.BLOCKED:
+            self.transport.soft_reset()
+            raise DeviceError("the program deadlocked: units wait for dependency tokens that "
+                              "no instruction will push")
+        if result.outcome == RunOutcome.TIMEOUT:
+            self.transport.soft_reset()
+            raise DeviceError(f"the program did not finish within {self.MAX_CYCLES} cycles")
+        return stats
+
+    # -- Memory ---------------------------------------------------------------------------
+
+    def _write_words(self, address, array):
+        data = np.ascontiguousarray(array).tobytes()
+        assert len(data) % self.lanes == 0
+        self.transport.write_memory(address, data)
+        return len(data) // self.lanes
+
+    def _tiles(self, n):
+        return -(-n // self.lanes)
+
+    def _padded(self, codes, rows, cols, fill):
+        out = np.full((rows, cols), fill, dtype=np.uint8)
+        out[:codes.shape[0], :codes.shape[1]] = codes
+        return out
+
+    # -- Ops ------------------------------------------------------------------------------
+
+    def matmul(self, a_codes, w_codes, mode):
+        """``A @ W`` on 8-bit codes: int32 sums (integer modes) or FP32 bit patterns (uint32).
+
+        Bit-exact with :func:`sim.golden.matmul.matmul`.
+        """
+        mode = MatmulMode(mode)
+        a, w = self._check_operands(a_codes, w_codes, mode)
+        m, k = a.shape
+        n = w.shape[1]
+        if k == 0 or m == 0 or n == 0:
+            from sim.golden.matmul import matmul as golden
+            return golden(a, w, mode)
+        result = self._gemm(a, w, mode, PostOp.RAW, None)
+        dtype = np.uint32 if mode.value >= MatmulMode.E4M3.value else np.int32
+        return result.view(dtype)[:m, :n]
+
+    def linear(self, x_codes, w_codes, *, bias, multiplier, shift, zero_point=0,
+               mode=MatmulMode.INT8, activation_table=None):
+        """``requantize(X @ W + bias)`` to INT8 per output channel (TFLite single rounding),
+        optionally through a 256-entry activation table; bit-exact with
+        :func:`sim.golden.requantizer.requantize` (and :func:`sim.golden.activation.apply`)."""
+        mode = MatmulMode(mode)
+        if mode.value >= MatmulMode.E4M3.value:
+            raise ValueError("linear() requantizes INT32 sums: use an integer mode (INT8, UINT8)")
+        x, w = self._check_operands(x_codes, w_codes, mode)
+        n = w.shape[1]
+        params = self._params(n, bias, multiplier, shift, zero_point)
+        table = None
+        if activation_table is not None:
+            table = np.asarray(activation_table)
+            if table.shape != (256,) or table.min() < -128 or table.max() > 127:
+                raise ValueError("activation_table must hold 256 int8 values")
+            table = (table.astype(np.int64) & 0xFF).astype(np.uint8)
+        if x.shape[0] == 0 or n == 0:
+            return np.zeros((x.shape[0], n), dtype=np.int8)
+        if x.shape[1] == 0:
+            raise ValueError("linear() needs K >= 1")
+        post = PostOp.REQUANT_ACT if table is not None else PostOp.REQUANT
+        result = self._gemm(x, w, mode, post, params, table)
+        return result.view(np.int8)[:x.shape[0], :n]
+
+    # -- Helpers --------------------------------------------------------------------------
+
+    def _check_operands(self, a_codes, w_codes, mode):
+        a, w = np.asarray(a_codes), np.asarray(w_codes)
+        for name, x in (("A", a), ("W", w)):
+            if x.ndim != 2:
+                raise ValueError(f"{name} must be a 2-D array, not shape {x.shape}")
+            if x.size and (x.dtype.kind not in "iu" or x.min() < 0 or x.max() > 255):
+                raise ValueError(f"{name} must hold 8-bit codes (integers 0..255)")
+        if a.shape[1] != w.shape[0]:
+            raise ValueError(f"inner dimensions differ: A is {a.shape[0]}x{a.shape[1]}, "
+                             f"W is {w.shape[0]}x{w.shape[1]}")
+        if mode.value >= MatmulMode.E4M3.value and not self.fp8:
+            raise ValueError(f"this core was built without the FP8 modes ({mode.name})")
+        return a.astype(np.uint8), w.astype(np.uint8)
+
+    def _params(self, n, bias, multiplier, shift, zero_point):
+        def channel(name, value, low, high):
+            v = np.broadcast_to(np.asarray(value, dtype=np.int64), (n,))
+            if v.size and (v.min() < low or v.max() > high):
+                raise ValueError(f"{name} must be in {low}..{high}")
+            return v
+        bias = channel("bias", bias, -(1 << 31), (1 << 31) - 1)
+        multiplier = channel("multiplier", multiplier, 0, (1 << 31) - 1)
+        shift = channel("shift", shift, -31, 30)
+        zero_point = channel("zero_point", zero_point, -128, 127)
+        tiles = self._tiles(n)
+        width = tiles * self.lanes
+        pad = lambda v, dtype: np.concatenate([v, np.zeros(width - n, np.int64)]).astype(dtype)
+        bias, multiplier = pad(bias, "<i4"), pad(multiplier, "<u4")
+        shift, zero_point = pad(shift, np.int8), pad(zero_point, np.int8)
+        blocks = []
+        for j in range(tiles):
+            cols = slice(j * self.lanes, (j + 1) * self.lanes)
+            blocks.append(b"".join([bias[cols].tobytes(), multiplier[cols].tobytes(),
+                                    shift[cols].tobytes(), zero_point[cols].tobytes()]))
+        return np.frombuffer(b"".join(blocks), dtype=np.uint8)
+
+    def _plan(self, m, k_tiles, n_tiles, post):
+        lanes = self.lanes
+        out_per_tile = 4 if post == PostOp.RAW else 1
+        w_half = self.wgt_words // 2
+        w_per_tile = k_tiles * lanes + (PARAM_WORDS if post != PostOp.RAW else 0)
+        if w_per_tile > w_half:
+            raise ValueError(f"K = {k_tiles * lanes} is too large for the weight buffer "
+                             f"({self.wgt_words} words): at most "
+                             f"{(w_half - PARAM_WORDS) // lanes * lanes}")
+        if k_tiles > self.inp_words:
+            raise ValueError(f"K = {k_tiles * lanes} is too large for the input buffer")
+        m_chunk = min(m, self.max_rows, self.inp_words // k_tiles,
+                      (self.out_words // 2) // out_per_tile)
+        n_block = min(n_tiles, w_half // w_per_tile,
+                      (self.out_words // 2) // (m_chunk * out_per_tile))
+        return m_chunk, n_block, out_per_tile
+
+    def _gemm(self, a, w, mode, post, params, table=None):
+        lanes = self.lanes
+        m, k = a.shape
+        n = w.shape[1]
+        k_tiles, n_tiles = self._tiles(k), self._tiles(n)
+        fp8 = mode.value >= MatmulMode.E4M3.value
+        a_words = self._padded(a, m, k_tiles * lanes, 0x80 if fp8 else 0)
+        w_words = self._padded(w, k_tiles * lanes, n_tiles * lanes, 0)
+        m_chunk, n_block, out_per_tile = self._plan(m, k_tiles, n_tiles, post)
+
+        # External memory: A, W, parameters, table, C.
+        address = 0
+        a_base = address
+        address += self._write_words(a_base, a_words)
+        w_base = address
+        address += self._write_words(w_base, w_words)
+        p_base = address
+        if params is not None:
+            address += self._write_words(p_base, params)
+        t_base = address
+        if table is not None:
+            address += self._write_words(t_base, table)
+        c_base = address
+        c_stride = n_tiles * out_per_tile
+
+        program = Program()
+        w_half = self.wgt_words // 2
+        o_half = self.out_words // 2
+        last_gemm = None
+        gemm_of_half = [None, None]
+        store_of_half = [None, None]
+        block_count = 0
+        if table is not None:
+            # The table goes through the top of WGT's second half before any weights use it.
+            t_load = program.load(bank=Bank.WGT, sram_base=self.wgt_words - 256 // lanes,
+                                  sram_stride=0, rows=1, cols=256 // lanes,
+                                  dram_base=t_base, dram_stride=0)
+            last_gemm = program.table(deps=[t_load], base=self.wgt_words - 256 // lanes)
+            gemm_of_half[1] = last_gemm
+        for m0 in range(0, m, m_chunk):
+            rows = min(m_chunk, m - m0)
+            a_load = program.load(deps=[last_gemm], bank=Bank.INP, sram_base=0,
+                                  sram_stride=k_tiles, rows=rows, cols=k_tiles,
+                                  dram_base=a_base + m0 * k_tiles, dram_stride=k_tiles)
+            for b0 in range(0, n_tiles, n_block):
+                nb = min(n_block, n_tiles - b0)
+                h = block_count % 2
+                block_count += 1
+                half = h * w_half
+                w_load = program.load(deps=[gemm_of_half[h]], bank=Bank.WGT, sram_base=half,
+                                      sram_stride=nb, rows=k_tiles * lanes, cols=nb,
+                                      dram_base=w_base + b0, dram_stride=n_tiles)
+                param_base = half + k_tiles * lanes * nb
+                if params is not None:
+                    w_load = program.load(deps=[gemm_of_half[h]], bank=Bank.WGT,
+                                          sram_base=param_base, sram_stride=0, rows=1,
+                                          cols=nb * PARAM_WORDS,
+                                          dram_base=p_base + b0 * PARAM_WORDS, dram_stride=0)
+                out_base = h * o_half
+                last_gemm = program.gemm(
+                    deps=[a_load, w_load, store_of_half[h]], mode=mode, post=post,
+                    transpose_w=0, out_bank=Bank.OUT, m=rows, k_tiles=k_tiles, n_tiles=nb,
+                    a_base=0, a_stride=k_tiles, w_base=half, w_stride=nb,
+                    out_base=out_base, out_stride=nb * out_per_tile, param_base=param_base)
+                gemm_of_half[h] = last_gemm
+                store_of_half[h] = program.store(
+                    deps=[last_gemm], bank=Bank.OUT, sram_base=out_base,
+                    sram_stride=nb * out_per_tile, rows=rows, cols=nb * out_per_tile,
+                    dram_base=c_base + m0 * c_stride + b0 * out_per_tile, dram_stride=c_stride)
+        self.run(program, useful_macs=m * k * n)
+        data = self.transport.read_memory(c_base, m * c_stride)
+        if post == PostOp.RAW:
+            return np.frombuffer(data, dtype="<u4").reshape(m, n_tiles * lanes).copy()
+        return np.frombuffer(data, dtype=np.uint8).reshape(m, n_tiles * lanes).copy()

@@ -1,0 +1,264 @@
+"""The accelerator core: dispatcher, load/compute/store units, on-chip buffers, counters."""
+
+from amaranth.hdl import Module, Mux, ResetInserter, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..isa import Bank, Instruction, Opcode
+from .compute_unit import ComputeUnit, shared_pe_modules
+from .load_unit import LoadUnit
+from .memory_port import memory_port_signature
+from .status import COUNTER_BASE, Counter, ErrorCode, Register
+from .store_unit import StoreUnit
+
+
+__all__ = ["Core"]
+
+
+class Core(wiring.Component):
+    """The Jalapeño core (see ``docs/core.md``).
+
+    Instructions arrive on ``insn``; the dispatcher routes LOAD to the load unit,
+    STORE to the store unit, GEMM/TABLE/NOP to the compute unit, each through its own
+    queue, so the three units run concurrently and synchronise only through
+    dependency tokens (four counters: load->compute, compute->load, compute->store,
+    store->compute). SYNC waits until every queue and unit is empty, then counts in
+    the SYNCS counter. An unknown opcode raises UNKNOWN_OPCODE.
+
+    The first error is latched (code and unit, register STATUS / ERROR_UNIT); the
+    dispatcher then takes no more instructions, the units finish what they hold
+    (failed instructions are skipped, their tokens still pushed), and the core goes
+    idle with the error set until ``soft_reset`` (one cycle) clears everything but
+    the buffer contents.
+
+    Parameters
+    ----------
+    lanes : int
+        Array size (rows = cols = lanes), buffer word and memory port width in bytes.
+    inp_words, wgt_words, out_words : int
+        Buffer depths in words (at most 65536).
+    max_rows : int
+        Largest m of a GEMM (the engine's accumulator depth).
+    dram_words : int
+        External memory size in words (accesses beyond it raise ADDRESS).
+    fp8 : bool
+        Build the FP8 matmul modes.
+    queue_depth : int
+        Instructions per unit queue.
+    shared_pe_module : bool
+        See :class:`rtl.matmul.engine.MatmulEngine` (True for Verilator and synthesis).
+
+    Members
+    -------
+    insn : In(stream.Signature(Instruction))
+    mem : Out(memory_port_signature(8 * lanes))
+    reg_addr : In(8); reg_data : Out(32)
+        Combinational register read (``rtl.core.status.Register`` and the counters).
+    soft_reset : In(1)
+    idle, error : Out(1)
+    """
+
+    def __init__(self, *, lanes=16, inp_words=16384, wgt_words=16384, out_words=16384,
+                 max_rows=512, dram_words=1 << 24, fp8=True, queue_depth=32,
+                 shared_pe_module=False):
+        if lanes not in (2, 4, 8, 16, 32):
+            raise ValueError(f"lanes must be 2, 4, 8, 16 or 32, not {lanes!r}")
+        for name, value in (("inp_words", inp_words), ("wgt_words", wgt_words),
+                            ("out_words", out_words)):
+            if not 1 <= value <= 65536:
+                raise ValueError(f"{name} must be 1..65536, not {value!r}")
+        self.lanes = lanes
+        self.depths = {Bank.INP: inp_words, Bank.WGT: wgt_words, Bank.OUT: out_words}
+        self.max_rows = max_rows
+        self.dram_words = dram_words
+        self.fp8 = bool(fp8)
+        self.queue_depth = queue_depth
+        self._shared_pe_module = shared_pe_module
+        super().__init__({
+            "insn": In(stream.Signature(Instruction)),
+            "mem": Out(memory_port_signature(8 * lanes)),
+            "reg_addr": In(8),
+            "reg_data": Out(32),
+            "soft_reset": In(1),
+            "idle": Out(1),
+            "error": Out(1),
+        })
+
+    def _compute_unit(self):
+        return ComputeUnit(lanes=self.lanes, depths=self.depths, max_rows=self.max_rows,
+                           fp8=self.fp8, shared_pe_module=self._shared_pe_module)
+
+    def verilog_modules(self):
+        """``{name: component}`` of the Verilog modules the core instantiates."""
+        return shared_pe_modules(self.lanes, self.fp8, self._shared_pe_module)
+
+    def elaborate(self, platform):
+        m = Module()
+        word_bits = 8 * self.lanes
+        n_counters = len(Counter)
+
+        # -- Buffers -------------------------------------------------------------------------
+        memories = {}
+        for bank, depth in self.depths.items():
+            mem = Memory(shape=word_bits, depth=depth, init=[])
+            m.submodules[f"{bank.name.lower()}_buffer"] = mem
+            memories[bank] = (mem.write_port(), mem.read_port())
+
+        # -- Units ---------------------------------------------------------------------------
+        counters = Signal(data.ArrayLayout(32, n_counters))
+        m.submodules.load = load = LoadUnit(
+            word_bits=word_bits, depths=self.depths, dram_words=self.dram_words)
+        m.submodules.compute = compute = self._compute_unit()
+        m.submodules.store = store = StoreUnit(
+            word_bits=word_bits, out_words=self.depths[Bank.OUT], dram_words=self.dram_words,
+            counters=n_counters)
+        wiring.connect(m, load.rd_req, wiring.flipped(self.mem.rd_req))
+        wiring.connect(m, wiring.flipped(self.mem.rd_data), load.rd_data)
+        wiring.connect(m, store.wr_req, wiring.flipped(self.mem.wr_req))
+        wiring.connect(m, store.wr_data, wiring.flipped(self.mem.wr_data))
+        wiring.connect(m, wiring.flipped(self.mem.wr_ack), store.wr_ack)
+        m.d.comb += store.counters.eq(counters)
+
+        # Read ports: INP and WGT belong to compute, OUT to store.
+        for bank, (addr, en, rdata) in ((Bank.INP, (compute.inp_addr, compute.inp_en, compute.inp_data)),
+                                       (Bank.WGT, (compute.wgt_addr, compute.wgt_en, compute.wgt_data)),
+                                       (Bank.OUT, (store.out_addr, store.out_en, store.out_data))):
+            read = memories[bank][1]
+            m.d.comb += [read.addr.eq(addr), read.en.eq(en), rdata.eq(read.data)]
+        # Write ports: compute first, the load unit when compute leaves the bank alone.
+        cw, lw = compute.write, load.write
+        m.d.comb += [cw.ready.eq(1),
+                     lw.ready.eq(~(cw.valid & (cw.payload.bank == lw.payload.bank)))]
+        for bank, (write, _) in memories.items():
+            from_compute = cw.valid & (cw.payload.bank == bank)
+            from_load = lw.valid & lw.ready & (lw.payload.bank == bank)
+            m.d.comb += [
+                write.en.eq(from_compute | from_load),
+                write.addr.eq(Mux(from_compute, cw.payload.addr, lw.payload.addr)),
+                write.data.eq(Mux(from_compute, cw.payload.data, lw.payload.data)),
+            ]
+
+        # -- Tokens --------------------------------------------------------------------------
+        token_overflow = Signal()
+        links = (  # (pusher, taker, available)
+            (load.push_next, compute.prev_take, compute.prev_available),      # load -> compute
+            (compute.push_prev, load.next_take, load.next_available),         # compute -> load
+            (compute.push_next, store.prev_take, store.prev_available),       # compute -> store
+            (store.push_prev, compute.next_take, compute.next_available),     # store -> compute
+        )
+        for i, (push, take, available) in enumerate(links):
+            count = Signal(8, name=f"tokens_{i}")
+            m.d.comb += available.eq(count != 0)
+            with m.If(push & ~take):
+                with m.If(count == 255):
+                    m.d.comb += token_overflow.eq(1)
+                with m.Else():
+                    m.d.sync += count.eq(count + 1)
+            with m.Elif(take & ~push):
+                m.d.sync += count.eq(count - 1)
+
+        # -- Dispatcher ----------------------------------------------------------------------
+        queues = {}
+        for name, unit in (("load", load), ("compute", compute), ("store", store)):
+            fifo = SyncFIFO(width=Instruction.size, depth=self.queue_depth)
+            m.submodules[f"{name}_queue"] = fifo
+            m.d.comb += [unit.insn.payload.eq(fifo.r_data), unit.insn.valid.eq(fifo.r_rdy),
+                         fifo.r_en.eq(unit.insn.ready), fifo.w_data.eq(self.insn.payload)]
+            queues[name] = fifo
+        error_latched = Signal()
+        error_code = Signal(4)
+        error_unit = Signal(2)
+        opcode = self.insn.payload.header.opcode
+        target = Signal(range(4))  # 0 load, 1 compute, 2 store, 3 none (SYNC / unknown)
+        with m.Switch(opcode):
+            with m.Case(Opcode.LOAD):
+                m.d.comb += target.eq(0)
+            with m.Case(Opcode.STORE):
+                m.d.comb += target.eq(2)
+            with m.Case(Opcode.GEMM, Opcode.TABLE, Opcode.NOP):
+                m.d.comb += target.eq(1)
+            with m.Default():
+                m.d.comb += target.eq(3)
+        units_empty = (load.empty & compute.empty & store.empty
+                       & ~load.busy & ~compute.busy & ~store.busy
+                       & ~load.waiting & ~store.waiting & ~compute.waiting_prev
+                       & ~compute.waiting_next
+                       & ~queues["load"].r_rdy & ~queues["compute"].r_rdy & ~queues["store"].r_rdy)
+        dispatched = Signal()
+        unknown = Signal()
+        sync_done = Signal()
+        with m.If(~error_latched & self.insn.valid):
+            with m.Switch(target):
+                for i, name in enumerate(("load", "compute", "store")):
+                    with m.Case(i):
+                        m.d.comb += [self.insn.ready.eq(queues[name].w_rdy),
+                                     queues[name].w_en.eq(1)]
+                with m.Case(3):
+                    with m.If(opcode == Opcode.SYNC):
+                        m.d.comb += [self.insn.ready.eq(units_empty), sync_done.eq(units_empty)]
+                    with m.Else():
+                        m.d.comb += [self.insn.ready.eq(1), unknown.eq(1)]
+        m.d.comb += dispatched.eq(self.insn.valid & self.insn.ready & ~unknown)
+
+        # -- Errors --------------------------------------------------------------------------
+        sources = (  # (pulse, code, unit) in priority order
+            (unknown, ErrorCode.UNKNOWN_OPCODE, 0),
+            (token_overflow, ErrorCode.TOKEN_OVERFLOW, 0),
+            (load.error, load.error_code, 1),
+            (compute.error, compute.error_code, 2),
+            (store.error, store.error_code, 3),
+        )
+        with m.If(~error_latched):
+            for pulse, code, unit in reversed(sources):
+                with m.If(pulse):
+                    m.d.sync += [error_latched.eq(1), error_code.eq(code), error_unit.eq(unit)]
+
+        # -- Counters ------------------------------------------------------------------------
+        idle = Signal()
+        m.d.comb += [idle.eq(units_empty & ~self.insn.valid), self.idle.eq(idle),
+                     self.error.eq(error_latched)]
+        blocked = Signal()
+        m.d.comb += blocked.eq(~units_empty & ~load.busy & ~compute.busy & ~store.busy
+                               & ~self.insn.valid)
+        increments = {
+            Counter.CYCLES: ~idle,
+            Counter.MAC_CYCLES: compute.mac,
+            Counter.COMPUTE_BUSY: compute.busy,
+            Counter.COMPUTE_WAIT_LOAD: compute.waiting_prev,
+            Counter.COMPUTE_WAIT_STORE: compute.waiting_next,
+            Counter.COMPUTE_WAIT_POST: compute.post_stall,
+            Counter.COMPUTE_WAIT_HOST: ~idle & compute.empty & ~self.insn.valid,
+            Counter.LOAD_WAIT_MEMORY: load.wait_memory,
+            Counter.STORE_WAIT_MEMORY: store.wait_memory,
+            Counter.LOAD_WORDS: load.word,
+            Counter.STORE_WORDS: store.word,
+            Counter.INSTRUCTIONS: dispatched,
+            Counter.SATURATIONS: compute.saturations,
+            Counter.SYNCS: sync_done,
+        }
+        for counter, increment in increments.items():
+            m.d.sync += counters[counter].eq(counters[counter] + increment)
+
+        # -- Registers -----------------------------------------------------------------------
+        registers = {
+            Register.STATUS: idle | (error_latched << 1) | (error_code << 4) | (blocked << 8),
+            Register.ERROR_UNIT: error_unit,
+            Register.LANES: self.lanes,
+            Register.CONFIG: int(self.fp8),
+            Register.INP_WORDS: self.depths[Bank.INP],
+            Register.WGT_WORDS: self.depths[Bank.WGT],
+            Register.OUT_WORDS: self.depths[Bank.OUT],
+            Register.MAX_ROWS: self.max_rows,
+        }
+        m.d.comb += self.reg_data.eq(0)
+        with m.Switch(self.reg_addr):
+            for register, value in registers.items():
+                with m.Case(register):
+                    m.d.comb += self.reg_data.eq(value)
+            for counter in Counter:
+                with m.Case(COUNTER_BASE + counter):
+                    m.d.comb += self.reg_data.eq(counters[counter])
+        return ResetInserter(self.soft_reset)(m)
+

@@ -1,0 +1,171 @@
+"""The Jalapeño instruction set: 256-bit instructions, defined once as ``lib.data`` layouts.
+
+The RTL decodes instructions through these layouts and the host compiler encodes
+them with :func:`encode`, so the two can never disagree on a field's position.
+
+Every instruction starts with the same 8-bit :data:`Header`: the opcode and four
+dependency-token flags (see ``docs/core.md``). The core has three execution units,
+load, compute and store, each with its own instruction queue; ``LOAD`` goes to the
+load unit, ``STORE`` to the store unit, every other opcode to the compute unit. A
+unit's "previous" neighbour is the one before it in load -> compute -> store, its
+"next" neighbour the one after; ``pop_prev`` waits for (and consumes) a token from
+the previous unit before the instruction starts, ``push_next`` gives the next unit
+a token when the instruction has finished, and so on (the scheme of VTA).
+
+Addresses of on-chip buffers count words of ``lanes`` bytes (one word holds one
+array row); external addresses count memory-port words of the same width. All
+matrices are row-major in words: element (r, c) of an operand at ``base`` with
+``stride`` lies in word ``base + r * stride + c // lanes``, byte ``c % lanes``.
+"""
+
+import enum as py_enum
+
+from amaranth.hdl import unsigned
+from amaranth.lib import data, enum
+
+from .matmul.mode import MatmulMode
+
+
+__all__ = [
+    "INSTRUCTION_BITS", "Opcode", "Bank", "PostOp", "Header", "TransferInstruction",
+    "GemmInstruction", "TableInstruction", "Instruction", "LAYOUTS", "encode", "decode_opcode",
+    "PARAM_WORDS",
+]
+
+
+INSTRUCTION_BITS = 256
+
+#: Words of requantization parameters per output tile of ``lanes`` columns, in this
+#: order: bias (int32 x lanes: 4 words), multiplier (uint32 x lanes: 4 words),
+#: shift (int8 x lanes: 1 word), zero point (int8 x lanes: 1 word).
+PARAM_WORDS = 10
+
+
+class Opcode(enum.Enum, shape=4):
+    NOP = 0
+    LOAD = 1
+    STORE = 2
+    GEMM = 3
+    TABLE = 4
+    SYNC = 5
+
+
+class Bank(enum.Enum, shape=2):
+    """On-chip buffers. ``COUNTERS`` is the read-only counter file (STORE source only)."""
+    INP = 0
+    WGT = 1
+    OUT = 2
+    COUNTERS = 3
+
+
+class PostOp(enum.Enum, shape=2):
+    """What happens to a GEMM's result rows before they are written."""
+    RAW = 0            # INT32 / FP32 bit patterns, 4 words per row of ``lanes`` columns
+    REQUANT = 1        # per-column requantization to INT8, 1 word per row
+    REQUANT_ACT = 2    # requantization, then the activation table
+
+
+Header = data.StructLayout({
+    "opcode": Opcode,
+    "pop_prev": 1,
+    "pop_next": 1,
+    "push_prev": 1,
+    "push_next": 1,
+})
+
+#: LOAD (external memory -> ``bank``) and STORE (``bank`` -> external memory): a 2-D
+#: copy of ``rows`` x ``cols`` words; row r's words are at ``sram_base + r *
+#: sram_stride`` on chip and ``dram_base + r * dram_stride`` outside, one burst each.
+TransferInstruction = data.StructLayout({
+    "header": Header,
+    "bank": Bank,
+    "sram_base": 16,
+    "sram_stride": 16,
+    "rows": 16,
+    "cols": 16,
+    "dram_base": 32,
+    "dram_stride": 32,
+})
+
+#: GEMM: ``OUT[m, n] = post(sum_k A[m, k] * W[k, n])`` for m < ``m``, k < ``k_tiles``
+#: x lanes, n < ``n_tiles`` x lanes. A is read from INP (``a_base``, ``a_stride``), W
+#: from WGT (``w_base``, ``w_stride``; with ``transpose_w`` WGT holds W transposed,
+#: i.e. row n of the buffer matrix is column n of W), the result goes to
+#: ``out_bank`` (``out_base``, ``out_stride``). Requantization parameters of output
+#: tile j are the :data:`PARAM_WORDS` words at ``param_base + j * PARAM_WORDS`` in WGT.
+GemmInstruction = data.StructLayout({
+    "header": Header,
+    "mode": MatmulMode,
+    "post": PostOp,
+    "transpose_w": 1,
+    "out_bank": Bank,
+    "m": 16,
+    "k_tiles": 16,
+    "n_tiles": 16,
+    "a_base": 16,
+    "a_stride": 16,
+    "w_base": 16,
+    "w_stride": 16,
+    "out_base": 16,
+    "out_stride": 16,
+    "param_base": 16,
+})
+
+#: TABLE: load the 256-entry activation table (entry i = byte i) from ``words``
+#: consecutive words of WGT at ``base`` (256 / lanes words).
+TableInstruction = data.StructLayout({
+    "header": Header,
+    "base": 16,
+})
+
+Instruction = data.UnionLayout({
+    "bits": unsigned(INSTRUCTION_BITS),
+    "header": Header,
+    "transfer": TransferInstruction,
+    "gemm": GemmInstruction,
+    "table": TableInstruction,
+})
+
+#: The layout of each opcode's instruction (NOP and SYNC carry only a header).
+LAYOUTS = {
+    Opcode.NOP: Header,
+    Opcode.LOAD: TransferInstruction,
+    Opcode.STORE: TransferInstruction,
+    Opcode.GEMM: GemmInstruction,
+    Opcode.TABLE: TableInstruction,
+    Opcode.SYNC: Header,
+}
+
+
+def encode(opcode, *, pop_prev=False, pop_next=False, push_prev=False, push_next=False, **fields):
+    """The 256-bit integer encoding of one instruction.
+
+    ``fields`` are the opcode's layout fields (without ``header``); a missing field
+    is 0; an unknown field or a value that does not fit raises ``ValueError``.
+    """
+    opcode = Opcode(opcode)
+    layout = LAYOUTS[opcode]
+    header = {"opcode": opcode, "pop_prev": int(pop_prev), "pop_next": int(pop_next),
+              "push_prev": int(push_prev), "push_next": int(push_next)}
+    if layout is Header:
+        if fields:
+            raise ValueError(f"{opcode.name} takes no fields, got {sorted(fields)}")
+        return Header.const(header).as_value().value
+    known = set(layout.members) - {"header"}
+    unknown = set(fields) - known
+    if unknown:
+        raise ValueError(f"{opcode.name} has no field(s) {sorted(unknown)}; fields: {sorted(known)}")
+    for name, value in fields.items():
+        shape = layout.members[name]
+        if isinstance(shape, type) and issubclass(shape, py_enum.Enum):
+            fields[name] = shape(value)
+            continue
+        width = shape.width if hasattr(shape, "width") else shape
+        if not isinstance(value, int) or not 0 <= value < (1 << width):
+            raise ValueError(f"{opcode.name}.{name} = {value!r} does not fit in {width} unsigned bits")
+    return layout.const({"header": header, **fields}).as_value().value
+
+
+def decode_opcode(word):
+    """The opcode field of an encoded instruction (an ``int``)."""
+    return word & 0xF

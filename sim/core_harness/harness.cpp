@@ -1,0 +1,243 @@
+// Jalapeño core simulation harness: the Verilator model of the core, clocked in C++,
+// with an external-memory model, driven by the host runtime over stdin/stdout.
+//
+// Verilator spells the double underscores of Amaranth's port names "___05F".
+//
+// Command line: Vcore --dram-words N --word-bytes B [--read-latency L] [--write-latency L]
+//                     [--read-interval I] [--write-interval I]
+// (an interval of I cycles between data beats = 1/I words per cycle per channel).
+//
+// Binary commands on stdin (little-endian), each answered on stdout:
+//   'W' u32 addr u32 words  <words * B bytes>   write external memory      -> 'K'
+//   'R' u32 addr u32 words                      read external memory       -> <bytes>
+//   'I' u32 count <count * 32 bytes>            queue instructions         -> 'K'
+//   'G' u32 register                            read a core register       -> u32
+//   'S'                                         soft reset (one cycle)     -> 'K'
+//   'X' u64 max_cycles u64 stall_limit          run until idle with no queued instruction
+//        -> u8 reason (0 idle, 1 error, 2 blocked: no progress for stall_limit cycles, 3 max_cycles)
+//           u64 cycles run
+//   'Q'                                         quit                       -> 'K'
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "Vcore.h"
+#include "verilated.h"
+
+namespace {
+
+// -- Wide-signal access (the signal's C++ type depends on its width) --------------------
+void set_sig(CData &s, const uint32_t *w) { s = static_cast<CData>(w[0]); }
+void set_sig(SData &s, const uint32_t *w) { s = static_cast<SData>(w[0]); }
+void set_sig(IData &s, const uint32_t *w) { s = w[0]; }
+void set_sig(QData &s, const uint32_t *w) { s = static_cast<QData>(w[0]) | (static_cast<QData>(w[1]) << 32); }
+template <std::size_t N> void set_sig(VlWide<N> &s, const uint32_t *w) { for (std::size_t i = 0; i < N; ++i) s[i] = w[i]; }
+void get_sig(const CData &s, uint32_t *w) { w[0] = s; }
+void get_sig(const SData &s, uint32_t *w) { w[0] = s; }
+void get_sig(const IData &s, uint32_t *w) { w[0] = s; }
+void get_sig(const QData &s, uint32_t *w) { w[0] = static_cast<uint32_t>(s); w[1] = static_cast<uint32_t>(s >> 32); }
+template <std::size_t N> void get_sig(const VlWide<N> &s, uint32_t *w) { for (std::size_t i = 0; i < N; ++i) w[i] = s[i]; }
+
+[[noreturn]] void fail(const std::string &message) {
+    std::fprintf(stderr, "core harness: %s\n", message.c_str());
+    std::exit(2);
+}
+
+void read_exact(void *buffer, std::size_t size) {
+    if (size && std::fread(buffer, 1, size, stdin) != size) fail("stdin closed mid-command");
+}
+template <typename T> T read_value() { T v; read_exact(&v, sizeof v); return v; }
+void write_exact(const void *buffer, std::size_t size) {
+    if (size && std::fwrite(buffer, 1, size, stdout) != size) fail("stdout closed");
+}
+
+struct Burst { uint64_t addr, len, done, ready_at; };
+
+struct Harness {
+    std::unique_ptr<VerilatedContext> context;
+    std::unique_ptr<Vcore> top;
+    unsigned word_bytes, word_u32;
+    uint64_t dram_words;
+    std::vector<uint32_t> dram;              // dram_words * word_u32
+    uint64_t read_latency = 20, write_latency = 20, read_interval = 1, write_interval = 1;
+    std::deque<Burst> reads, writes, acks;
+    uint64_t next_read_beat = 0, next_write_beat = 0, now = 0;
+    std::deque<std::vector<uint32_t>> instructions;   // 8 u32 each
+
+    Harness(int argc, char **argv) {
+        context = std::make_unique<VerilatedContext>();
+        top = std::make_unique<Vcore>(context.get());
+        word_bytes = 0; dram_words = 0;
+        for (int i = 1; i + 1 < argc; i += 2) {
+            std::string key = argv[i];
+            uint64_t value = std::strtoull(argv[i + 1], nullptr, 0);
+            if (key == "--dram-words") dram_words = value;
+            else if (key == "--word-bytes") word_bytes = static_cast<unsigned>(value);
+            else if (key == "--read-latency") read_latency = value;
+            else if (key == "--write-latency") write_latency = value;
+            else if (key == "--read-interval") read_interval = value ? value : 1;
+            else if (key == "--write-interval") write_interval = value ? value : 1;
+            else fail("unknown option " + key);
+        }
+        if (!word_bytes || word_bytes % 4 || !dram_words) fail("need --word-bytes (multiple of 4) and --dram-words");
+        word_u32 = word_bytes / 4;
+        dram.assign(dram_words * word_u32, 0);
+        top->clk = 0; top->rst = 1; top->soft_reset = 0; top->insn___05Fvalid = 0;
+        top->mem___05Frd_req___05Fready = 0; top->mem___05Frd_data___05Fvalid = 0; top->mem___05Fwr_req___05Fready = 0;
+        top->mem___05Fwr_data___05Fready = 0; top->mem___05Fwr_ack___05Fvalid = 0; top->mem___05Fwr_ack___05Fpayload = 0;
+        top->reg_addr = 0;
+        for (int i = 0; i < 4; ++i) cycle();
+        top->rst = 0;
+        top->eval();
+    }
+
+    uint32_t *word(uint64_t addr) {
+        if (addr >= dram_words) fail("memory access beyond --dram-words at word " + std::to_string(addr));
+        return &dram[addr * word_u32];
+    }
+
+    // One clock cycle: drive the model's outputs, settle, sample handshakes, clock, update.
+    void cycle() {
+        // Instruction source.
+        top->insn___05Fvalid = !instructions.empty();
+        if (!instructions.empty()) set_sig(top->insn___05Fpayload, instructions.front().data());
+        // Read channel: accept requests, return beats of the oldest burst once its latency passed.
+        top->mem___05Frd_req___05Fready = reads.size() < 64;
+        bool read_beat = !reads.empty() && reads.front().ready_at <= now && next_read_beat <= now;
+        top->mem___05Frd_data___05Fvalid = read_beat;
+        if (read_beat) set_sig(top->mem___05Frd_data___05Fpayload, word(reads.front().addr + reads.front().done));
+        // Write channel: accept requests, take beats for the oldest burst, acknowledge after latency.
+        top->mem___05Fwr_req___05Fready = writes.size() < 64;
+        top->mem___05Fwr_data___05Fready = !writes.empty() && next_write_beat <= now;
+        bool ack = !acks.empty() && acks.front().ready_at <= now;
+        top->mem___05Fwr_ack___05Fvalid = ack;
+        top->clk = 0;
+        top->eval();
+        bool insn_fire = top->insn___05Fvalid && top->insn___05Fready;
+        bool rd_req_fire = top->mem___05Frd_req___05Fvalid && top->mem___05Frd_req___05Fready;
+        bool rd_data_fire = read_beat && top->mem___05Frd_data___05Fready;
+        bool wr_req_fire = top->mem___05Fwr_req___05Fvalid && top->mem___05Fwr_req___05Fready;
+        bool wr_data_fire = top->mem___05Fwr_data___05Fvalid && top->mem___05Fwr_data___05Fready;
+        bool ack_fire = ack && top->mem___05Fwr_ack___05Fready;
+        uint64_t rd_req = top->mem___05Frd_req___05Fpayload, wr_req = top->mem___05Fwr_req___05Fpayload;
+        uint32_t wr_data[16] = {0};
+        if (wr_data_fire) get_sig(top->mem___05Fwr_data___05Fpayload, wr_data);
+        top->clk = 1;
+        top->eval();
+        if (insn_fire) instructions.pop_front();
+        if (rd_req_fire) {
+            Burst b{rd_req & 0xFFFFFFFFu, (rd_req >> 32) & 0xFFFF, 0, now + read_latency};
+            reads.push_back(b);
+        }
+        if (rd_data_fire) {
+            next_read_beat = now + read_interval;
+            if (++reads.front().done == reads.front().len) reads.pop_front();
+        }
+        if (wr_req_fire) writes.push_back(Burst{wr_req & 0xFFFFFFFFu, (wr_req >> 32) & 0xFFFF, 0, 0});
+        if (wr_data_fire) {
+            Burst &b = writes.front();
+            std::memcpy(word(b.addr + b.done), wr_data, word_bytes);
+            next_write_beat = now + write_interval;
+            if (++b.done == b.len) { acks.push_back(Burst{0, 0, 0, now + write_latency}); writes.pop_front(); }
+        }
+        if (ack_fire) acks.pop_front();
+        ++now;
+    }
+
+    uint32_t reg(uint32_t index) {
+        top->reg_addr = index;
+        top->clk = 0;
+        top->eval();
+        return top->reg_data;
+    }
+
+    // A value that changes whenever any unit makes progress (dispatch, words moved, MACs).
+    uint32_t progress() { return reg(16 + 11) ^ reg(16 + 9) * 3 ^ reg(16 + 10) * 5 ^ reg(16 + 1) * 7 ^ reg(16 + 2) * 11; }
+
+    void serve() {
+        for (;;) {
+            int command = std::fgetc(stdin);
+            if (command == EOF) return;
+            switch (command) {
+            case 'W': {
+                uint32_t addr = read_value<uint32_t>(), words = read_value<uint32_t>();
+                if (static_cast<uint64_t>(addr) + words > dram_words) fail("write beyond --dram-words");
+                read_exact(&dram[static_cast<uint64_t>(addr) * word_u32], static_cast<std::size_t>(words) * word_bytes);
+                write_exact("K", 1);
+                break;
+            }
+            case 'R': {
+                uint32_t addr = read_value<uint32_t>(), words = read_value<uint32_t>();
+                if (static_cast<uint64_t>(addr) + words > dram_words) fail("read beyond --dram-words");
+                write_exact(&dram[static_cast<uint64_t>(addr) * word_u32], static_cast<std::size_t>(words) * word_bytes);
+                break;
+            }
+            case 'I': {
+                uint32_t count = read_value<uint32_t>();
+                for (uint32_t i = 0; i < count; ++i) {
+                    std::vector<uint32_t> insn(8);
+                    read_exact(insn.data(), 32);
+                    instructions.push_back(std::move(insn));
+                }
+                write_exact("K", 1);
+                break;
+            }
+            case 'G': {
+                uint32_t value = reg(read_value<uint32_t>());
+                write_exact(&value, 4);
+                break;
+            }
+            case 'S': {
+                top->soft_reset = 1; cycle(); top->soft_reset = 0;
+                instructions.clear(); reads.clear(); writes.clear(); acks.clear();
+                write_exact("K", 1);
+                break;
+            }
+            case 'X': {
+                uint64_t max_cycles = read_value<uint64_t>(), stall_limit = read_value<uint64_t>();
+                uint64_t start = now, quiet = 0;
+                uint8_t reason = 3;
+                uint32_t last_progress = progress();
+                while (now - start < max_cycles) {
+                    if (top->error) { reason = 1; break; }
+                    if (top->idle && instructions.empty() && reads.empty() && writes.empty() && acks.empty()) { reason = 0; break; }
+                    if (((now - start) & 1023) == 1023) {
+                        // Blocked: units wait on tokens, none runs, and no counter moved since the last look.
+                        uint32_t p = progress();
+                        bool blocked = (reg(0) & 0x100) && instructions.empty();
+                        quiet = (blocked && p == last_progress) ? quiet + 1024 : 0;
+                        last_progress = p;
+                        if (quiet >= stall_limit) { reason = 2; break; }
+                    }
+                    cycle();
+                }
+                uint64_t ran = now - start;
+                write_exact(&reason, 1);
+                write_exact(&ran, 8);
+                break;
+            }
+            case 'Q':
+                write_exact("K", 1);
+                std::fflush(stdout);
+                return;
+            default:
+                fail(std::string("unknown command byte ") + std::to_string(command));
+            }
+            std::fflush(stdout);
+        }
+    }
+};
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    Harness harness(argc, argv);
+    harness.serve();
+    harness.top->final();
+    return 0;
+}

@@ -1,0 +1,94 @@
+"""Build the core's Verilator model with its C++ harness (``sim/core_harness/harness.cpp``).
+
+The harness clocks the core in C++ and answers its memory port with a memory model
+(configurable latency and bandwidth), so no Python runs per cycle; the host runtime
+(:class:`jalapeno.sim_transport.SimTransport`) drives it over a pipe. Builds are
+cached under ``build/sim/core-<key>/``, keyed by the Verilog, the harness source,
+the Verilator version and the options, and shared between processes by a file lock.
+"""
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .toolchain import build_root, verilator_bin_dir, verilator_env, verilator_version
+from .verilog import component_to_verilog
+
+
+__all__ = ["CoreConfig", "build_core_model"]
+
+HARNESS = Path(__file__).resolve().parent / "core_harness" / "harness.cpp"
+VERILATOR_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3", "--inline-mult", "1",
+                  "--x-assign", "fast", "--x-initial", "fast")
+
+
+@dataclasses.dataclass(frozen=True)
+class CoreConfig:
+    """The parameters of :class:`rtl.core.Core` a model is built with."""
+    lanes: int = 16
+    inp_words: int = 16384
+    wgt_words: int = 16384
+    out_words: int = 16384
+    max_rows: int = 512
+    dram_words: int = 1 << 22
+    fp8: bool = True
+    queue_depth: int = 32
+
+    def core(self):
+        from rtl.core import Core
+        return Core(shared_pe_module=True, **dataclasses.asdict(self))
+
+
+def build_core_model(config=CoreConfig(), *, progress=None):
+    """The path of the harness executable for ``config``, building it if needed."""
+    verilog = component_to_verilog(config.core(), "core")
+    key_material = json.dumps({
+        "verilog": verilog, "harness": HARNESS.read_text(), "verilator": verilator_version(),
+        "args": VERILATOR_ARGS,
+    }, sort_keys=True)
+    key = hashlib.sha256(key_material.encode()).hexdigest()[:16]
+    build_dir = build_root() / "sim" / f"core-{key}"
+    executable = build_dir / "obj" / "Vcore"
+    lock_path = build_root() / "sim" / f".core-{key}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (build_dir / ".built").exists():
+                if build_dir.exists():
+                    shutil.rmtree(build_dir)
+                build_dir.mkdir(parents=True)
+                (build_dir / "core.v").write_text(verilog)
+                start = time.monotonic()
+                if progress:
+                    progress(f"building the core model ({config.lanes}x{config.lanes} array) "
+                             f"with Verilator in {build_dir} (once per design; a few minutes "
+                             f"for a 16x16 array)")
+                command = [str(verilator_bin_dir() / "verilator"), "--cc", "--exe", "--build",
+                           "-j", "2", *VERILATOR_ARGS, "--top-module", "core",
+                           "--Mdir", str(build_dir / "obj"), "-o", "Vcore",
+                           str(build_dir / "core.v"), str(HARNESS)]
+                result = subprocess.run(command, env=verilator_env(), cwd=build_dir,
+                                        capture_output=True, text=True)
+                (build_dir / "build.log").write_text(result.stdout + result.stderr)
+                if result.returncode != 0 or not executable.exists():
+                    tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+                    raise RuntimeError(f"Verilator build of the core failed "
+                                       f"(log: {build_dir / 'build.log'}):\n{tail}")
+                (build_dir / ".built").write_text(key_material)
+                if progress:
+                    progress(f"built the core model in {time.monotonic() - start:.0f} s")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return executable
+
+
+if __name__ == "__main__":
+    print(build_core_model(CoreConfig(lanes=int(sys.argv[1]) if len(sys.argv) > 1 else 4),
+                           progress=print))
