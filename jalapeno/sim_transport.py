@@ -109,3 +109,6 @@ class SimTransport(Transport):
                 pass
             self._process.stdin.close()
             self._process.wait(timeout=10)
+        for pipe in (self._process.stdin, self._process.stdout):
+            if not pipe.closed:
+                pipe.close()

@@ -23,7 +23,7 @@ class RangeCheck(wiring.Component):
 
     Connect the extents' values with :meth:`connect_extents` (they must stay stable
     from ``start`` to ``done``). A pulse on ``start`` begins; ``done`` pulses
-    ``count + 1`` cycles later (rows are at most 24 bits, the rest ``width`` bits) with ``bad`` valid (and held until the next start).
+    ``count + 2`` cycles later (rows are at most 24 bits, the rest ``width`` bits) with ``bad`` valid (and held until the next start).
     """
 
     def __init__(self, count, width=32):
@@ -71,5 +71,7 @@ class RangeCheck(wiring.Component):
                 m.d.sync += self.bad.eq(1)
             with m.If(checked == n - 1):
                 m.d.sync += running.eq(0)
-                m.d.comb += self.done.eq(1)
+        finished = Signal()
+        m.d.sync += finished.eq(checking & (checked == n - 1))
+        m.d.comb += self.done.eq(finished)
         return m

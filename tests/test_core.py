@@ -1,0 +1,218 @@
+"""The accelerator core end to end: programs through the runtime on the Verilator model
+(``SimTransport``), every result checked against the golden models in ``sim/golden``."""
+
+import numpy as np
+import pytest
+
+from jalapeno.accelerator import Accelerator, DeviceError
+from jalapeno.program import Program
+from jalapeno.sim_transport import MemoryTiming, SimTransport
+from rtl.core.status import COUNTER_BASE, Counter, ErrorCode, Register
+from rtl.isa import Bank, GemmInstruction, Opcode, PostOp, encode
+from rtl.matmul.mode import MatmulMode
+from sim.core_model import CoreConfig
+from sim.golden import activation as golden_activation
+from sim.golden.matmul import matmul as golden_matmul
+from sim.golden.requantizer import quantize_multipliers, requantize
+
+
+pytestmark = pytest.mark.cocotb
+
+#: A small core: a 4 x 4 array (4-byte words), 4096-word buffers, 128-row passes.
+CONFIG = CoreConfig(lanes=4, inp_words=4096, wgt_words=4096, out_words=4096, max_rows=128,
+                    dram_words=1 << 18, queue_depth=8)
+
+
+@pytest.fixture(scope="module")
+def accelerator():
+    with SimTransport(CONFIG) as transport:
+        yield Accelerator(transport)
+
+
+def random_codes(rng, shape, mode):
+    """Random 8-bit codes; a third of them from the extremes of the format."""
+    codes = rng.integers(0, 256, shape)
+    if MatmulMode(mode).value >= MatmulMode.E4M3.value:
+        extremes = np.array([0x00, 0x80, 0x7E, 0xFE, 0x7F, 0xFF, 0x01, 0x81, 0x7B, 0x7C, 0xFC])
+    else:
+        extremes = np.array([0x80, 0x7F, 0x00, 0xFF, 0x01])
+    mask = rng.random(shape) < 0.33
+    codes[mask] = rng.choice(extremes, size=int(mask.sum()))
+    return codes
+
+
+SHAPES = [(1, 1, 1), (3, 5, 2), (5, 7, 6), (17, 9, 13), (37, 21, 19), (130, 40, 30)]
+
+
+@pytest.mark.parametrize("mode", list(MatmulMode), ids=lambda m: m.name)
+def test_matmul_every_mode(accelerator, mode):
+    rng = np.random.default_rng(100 + mode.value)
+    for m, k, n in SHAPES:
+        a, w = random_codes(rng, (m, k), mode), random_codes(rng, (k, n), mode)
+        got = accelerator.matmul(a, w, mode)
+        expected = golden_matmul(a, w, mode)
+        assert got.shape == expected.shape
+        mismatches = np.count_nonzero(got != expected)
+        assert mismatches == 0, f"{mode.name} {m}x{k}x{n}: {mismatches} mismatches"
+
+
+def test_matmul_many_blocks_and_row_chunks(accelerator):
+    # K = 256 fills a weight half with 8 tiles: N = 50 needs 2 blocks; M = 300 needs 3 chunks.
+    rng = np.random.default_rng(7)
+    a, w = random_codes(rng, (300, 256), 0), random_codes(rng, (256, 50), 0)
+    assert np.array_equal(accelerator.matmul(a, w, MatmulMode.INT8), golden_matmul(a, w, 0))
+    stats = accelerator.last_stats
+    assert stats["mac_cycles"] == 300 * (256 // 4) * 13   # one A row per pass row
+    assert stats["load_words"] > 0 and stats["store_words"] == 300 * 13 * 4
+
+
+def linear_case(rng, m, k, n):
+    x, w = random_codes(rng, (m, k), 0), random_codes(rng, (k, n), 0)
+    bias = rng.integers(-20000, 20000, n)
+    multiplier, shift = quantize_multipliers(rng.uniform(2e-5, 4e-3, n))
+    zero_point = rng.integers(-4, 4, n)
+    accumulators = golden_matmul(x, w, MatmulMode.INT8)
+    expected = requantize(accumulators, bias[None, :], multiplier[None, :], shift[None, :],
+                          zero_point[None, :])
+    return (x, w, dict(bias=bias, multiplier=multiplier, shift=shift, zero_point=zero_point),
+            expected)
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 6), (70, 33, 21), (129, 64, 9)])
+def test_linear_requantizes_per_channel(accelerator, shape):
+    rng = np.random.default_rng(sum(shape))
+    x, w, params, expected = linear_case(rng, *shape)
+    got = accelerator.linear(x, w, **params)
+    assert got.dtype == np.int8
+    assert np.array_equal(got, expected["value"].astype(np.int8))
+    assert accelerator.last_stats["saturations"] == int(expected["saturated"].sum())
+
+
+def test_linear_with_activation_table(accelerator):
+    rng = np.random.default_rng(11)
+    x, w, params, expected = linear_case(rng, 33, 20, 10)
+    table = golden_activation.build_table(golden_activation.gelu, 0.05, 0.03)
+    got = accelerator.linear(x, w, activation_table=table, **params)
+    assert np.array_equal(got, golden_activation.apply(table, expected["value"].astype(np.int8)))
+    # The table stays loaded until replaced: a plain linear afterwards is not activated.
+    got = accelerator.linear(x, w, **params)
+    assert np.array_equal(got, expected["value"].astype(np.int8))
+
+
+@pytest.mark.parametrize("timing", [
+    MemoryTiming(read_latency=1, write_latency=1),
+    MemoryTiming(read_latency=200, write_latency=150, read_interval=3, write_interval=5),
+], ids=["fast", "slow"])
+def test_results_do_not_depend_on_memory_timing(timing):
+    rng = np.random.default_rng(3)
+    a, w = random_codes(rng, (40, 30), 0), random_codes(rng, (30, 22), 0)
+    with SimTransport(CONFIG, timing=timing) as transport:
+        accelerator = Accelerator(transport)
+        assert np.array_equal(accelerator.matmul(a, w, 0), golden_matmul(a, w, 0))
+        stats = accelerator.last_stats
+    assert stats["load_wait_memory"] > 0
+
+
+def run_error(accelerator, program_bytes):
+    class Raw:
+        def to_bytes(self):
+            return program_bytes
+    with pytest.raises(DeviceError) as info:
+        accelerator.run(Raw())
+    # The core recovers: an op right after the error is correct.
+    a = np.arange(12).reshape(3, 4) % 7
+    assert np.array_equal(accelerator.matmul(a, a.T, 0), golden_matmul(a, a.T, 0))
+    return info.value
+
+
+def one(opcode, **fields):
+    """One encoded instruction; ``raw_<field>`` sets a field to a value its enum lacks."""
+    raw = {name[4:]: fields.pop(name) for name in list(fields) if name.startswith("raw_")}
+    word = encode(opcode, **fields)
+    for name, value in raw.items():
+        word |= value << GemmInstruction[name].offset
+    return word.to_bytes(32, "little")
+
+
+def test_unknown_opcode_is_an_error(accelerator):
+    error = run_error(accelerator, (15).to_bytes(32, "little"))
+    assert error.code == ErrorCode.UNKNOWN_OPCODE and error.unit == 0
+
+
+@pytest.mark.parametrize("opcode, fields, unit", [
+    (Opcode.LOAD, dict(bank=Bank.INP, sram_base=4090, sram_stride=1, rows=7, cols=1), 1),
+    (Opcode.LOAD, dict(bank=Bank.WGT, sram_base=0, sram_stride=0, rows=2, cols=1,
+                       dram_base=1 << 17, dram_stride=1 << 17), 1),
+    (Opcode.LOAD, dict(bank=Bank.WGT, rows=2, cols=1, dram_base=(1 << 18) - 1, dram_stride=1), 1),
+    (Opcode.STORE, dict(bank=Bank.OUT, sram_base=0, sram_stride=4096, rows=2, cols=1), 3),
+    (Opcode.STORE, dict(bank=Bank.COUNTERS, sram_base=10, rows=1, cols=10), 3),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, a_base=4095, a_stride=1), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, w_base=4000, w_stride=40), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, transpose_w=1, w_base=4000, w_stride=30), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.REQUANT, param_base=4090), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, out_base=4094), 2),
+    (Opcode.TABLE, dict(base=4090), 2),
+], ids=["load-sram", "load-dram-stride", "load-dram-end", "store-sram", "store-counters",
+        "gemm-a", "gemm-w", "gemm-wt", "gemm-params", "gemm-out", "table"])
+def test_out_of_range_addresses_are_errors(accelerator, opcode, fields, unit):
+    error = run_error(accelerator, one(opcode, **fields))
+    assert (error.code, error.unit) == (ErrorCode.ADDRESS, unit)
+
+
+@pytest.mark.parametrize("opcode, fields, unit", [
+    (Opcode.LOAD, dict(bank=Bank.OUT, rows=1, cols=1), 1),
+    (Opcode.STORE, dict(bank=Bank.INP, rows=1, cols=1), 3),
+    (Opcode.GEMM, dict(m=0, k_tiles=1, n_tiles=1), 2),
+    (Opcode.GEMM, dict(m=129, k_tiles=1, n_tiles=1), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=0, n_tiles=1), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=0), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, raw_mode=6), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, raw_post=3), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, out_bank=Bank.COUNTERS), 2),
+], ids=["load-out", "store-inp", "m0", "m-max", "k0", "n0", "mode6", "post3", "out-counters"])
+def test_bad_fields_are_errors(accelerator, opcode, fields, unit):
+    error = run_error(accelerator, one(opcode, **fields))
+    assert (error.code, error.unit) == (ErrorCode.BAD_FIELD, unit)
+
+
+def test_bad_requantization_shift_is_an_error(accelerator):
+    with pytest.raises(ValueError, match="shift"):
+        accelerator.linear(np.zeros((2, 2), int), np.zeros((2, 2), int), bias=0,
+                           multiplier=1 << 30, shift=31)
+
+
+def test_deadlocked_program_is_reported(accelerator):
+    # A GEMM that waits for a load token nothing pushes.
+    error = run_error(accelerator, one(Opcode.GEMM, pop_prev=True, m=1, k_tiles=1, n_tiles=1))
+    assert "deadlocked" in str(error)
+
+
+def test_store_of_the_counter_file_and_registers(accelerator):
+    transport = accelerator.transport
+    program = Program()
+    program.store(bank=Bank.COUNTERS, sram_base=0, sram_stride=0, rows=1, cols=len(Counter),
+                  dram_base=1000, dram_stride=0)
+    accelerator.run(program)
+    words = np.frombuffer(transport.read_memory(1000, len(Counter)), dtype="<u4")
+    registers = [transport.read_register(COUNTER_BASE + c) for c in Counter]
+    # Counters move while the store runs; the stored snapshot is never ahead of the registers.
+    assert all(w <= r for w, r in zip(words, registers))
+    assert words[Counter.INSTRUCTIONS] >= 1 and words[Counter.CYCLES] > 0
+    assert transport.read_register(Register.LANES) == 4
+    assert transport.read_register(Register.STATUS) & 1       # idle
+    sync = encode(Opcode.SYNC).to_bytes(32, "little")
+    before = transport.read_register(COUNTER_BASE + Counter.SYNCS)
+    transport.push_instructions(sync * 3)
+    transport.run(10_000)
+    assert transport.read_register(COUNTER_BASE + Counter.SYNCS) == before + 3
+
+
+def test_host_side_validation(accelerator):
+    with pytest.raises(ValueError, match="inner dimensions"):
+        accelerator.matmul(np.zeros((2, 3), int), np.zeros((4, 2), int), 0)
+    with pytest.raises(ValueError, match="8-bit codes"):
+        accelerator.matmul(np.full((2, 2), 256), np.zeros((2, 2), int), 0)
+    with pytest.raises(ValueError, match="2-D"):
+        accelerator.matmul(np.zeros(3, int), np.zeros((3, 2), int), 0)
+    with pytest.raises(ValueError, match="too large for the weight buffer"):
+        accelerator.matmul(np.zeros((1, 4096), int), np.zeros((4096, 1), int), 0)
