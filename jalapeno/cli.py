@@ -5,8 +5,8 @@ Subcommands so far:
 - ``jalapeno units``: the top-level hardware units, their ports and latencies.
 - ``jalapeno verilog [UNIT ...] [--out DIR]``: write Verilog for units.
 
-Running models and ops on the accelerator (``jalapeno run``, ``jalapeno embed``)
-comes with the core and runtime.
+- ``jalapeno run OP ...``: one op on the accelerator (the RTL simulation), see
+  :mod:`jalapeno.run_command`.
 """
 
 import argparse
@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .run_command import add_run_parser
 
 
 def _units(args):
@@ -59,6 +60,7 @@ def build_parser():
     p.add_argument("units", nargs="*", metavar="UNIT", help="units to export (default: all)")
     p.add_argument("--out", default="build/verilog", help="output folder (default: build/verilog)")
     p.set_defaults(func=_verilog)
+    add_run_parser(sub)
     return parser
 
 

@@ -21,7 +21,7 @@ from .toolchain import build_root, verilator_bin_dir, verilator_env, verilator_v
 from .verilog import component_to_verilog
 
 
-__all__ = ["CoreConfig", "build_core_model"]
+__all__ = ["CoreConfig", "PRESETS", "build_core_model"]
 
 HARNESS = Path(__file__).resolve().parent / "core_harness" / "harness.cpp"
 VERILATOR_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3", "--inline-mult", "1",
@@ -43,6 +43,15 @@ class CoreConfig:
     def core(self):
         from rtl.core import Core
         return Core(shared_pe_module=True, **dataclasses.asdict(self))
+
+
+#: Named configurations: ``full`` is the default 16 x 16 core (a first build takes about
+#: 5 minutes); ``small`` a 4 x 4 core that builds in about 20 s, for tests and quick tries.
+PRESETS = {
+    "full": CoreConfig(),
+    "small": CoreConfig(lanes=4, inp_words=4096, wgt_words=4096, out_words=4096, max_rows=128,
+                        dram_words=1 << 18, queue_depth=8),
+}
 
 
 def build_core_model(config=CoreConfig(), *, progress=None):

@@ -10,7 +10,7 @@ from jalapeno.sim_transport import MemoryTiming, SimTransport
 from rtl.core.status import COUNTER_BASE, Counter, ErrorCode, Register
 from rtl.isa import Bank, GemmInstruction, Opcode, PostOp, encode
 from rtl.matmul.mode import MatmulMode
-from sim.core_model import CoreConfig
+from sim.core_model import PRESETS
 from sim.golden import activation as golden_activation
 from sim.golden.matmul import matmul as golden_matmul
 from sim.golden.requantizer import quantize_multipliers, requantize
@@ -18,9 +18,8 @@ from sim.golden.requantizer import quantize_multipliers, requantize
 
 pytestmark = pytest.mark.cocotb
 
-#: A small core: a 4 x 4 array (4-byte words), 4096-word buffers, 128-row passes.
-CONFIG = CoreConfig(lanes=4, inp_words=4096, wgt_words=4096, out_words=4096, max_rows=128,
-                    dram_words=1 << 18, queue_depth=8)
+#: The small core: a 4 x 4 array (4-byte words), 4096-word buffers, 128-row passes.
+CONFIG = PRESETS["small"]
 
 
 @pytest.fixture(scope="module")
