@@ -118,6 +118,11 @@ def bench_scheduler(results):
     run(results, Path("build/bench/scheduler.png"))
 
 
+def bench_core(results):
+    from sim.core_bench import bench_core as run
+    run(results)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="build/bench/results.json")
@@ -126,7 +131,8 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.exists() else {}
     for bench in (bench_unit_latency, bench_pysim_speed, bench_verilator_speed,
-                  bench_synthesis, bench_softmax, bench_layernorm, bench_scheduler, bench_matmul):
+                  bench_synthesis, bench_softmax, bench_layernorm, bench_scheduler, bench_matmul,
+                  bench_core):
         print(f"-- {bench.__name__}", flush=True)
         bench(results)
     out.write_text(json.dumps(dict(sorted(results.items())), indent=2) + "\n")
