@@ -3,7 +3,7 @@
 import numpy as np
 
 from rtl.core.status import COUNTER_BASE, Counter, ErrorCode, Register
-from rtl.isa import PARAM_WORDS, Bank, PostOp
+from rtl.isa import PARAM_WORDS, Bank, Opcode, PostOp, TableTarget
 from rtl.matmul.mode import MatmulMode
 
 from .program import Program
@@ -56,6 +56,8 @@ class Accelerator:
         self.wgt_words = read(Register.WGT_WORDS)
         self.out_words = read(Register.OUT_WORDS)
         self.max_rows = read(Register.MAX_ROWS)
+        self.max_length = read(Register.MAX_LENGTH)
+        self.max_hidden = read(Register.MAX_HIDDEN)
         self.last_stats = None
         if transport.word_bytes != self.lanes:
             raise DeviceError(f"the transport moves {transport.word_bytes}-byte words but the "
@@ -146,7 +148,7 @@ class Accelerator:
             table = np.asarray(activation_table)
             if table.shape != (256,) or table.min() < -128 or table.max() > 127:
                 raise ValueError("activation_table must hold 256 int8 values")
-            table = (table.astype(np.int64) & 0xFF).astype(np.uint8)
+            table = self._table_words(TableTarget.ACTIVATION, table)
         if x.shape[0] == 0 or n == 0:
             return np.zeros((x.shape[0], n), dtype=np.int8)
         if x.shape[1] == 0:
@@ -155,7 +157,205 @@ class Accelerator:
         result = self._gemm(x, w, mode, post, params, table)
         return result.view(np.int8)[:x.shape[0], :n]
 
+    def softmax(self, scores, table, *, lengths=None, causal=False, row_start=0, offset=0):
+        """Row softmax of INT8 ``scores`` (M x T) to UINT8 probabilities (scale 1/256).
+
+        ``table`` is the 256-entry exponential table (:func:`sim.golden.softmax.exp_table`);
+        ``lengths`` the valid elements of each row (default T: no padding); in ``causal``
+        mode element j of row r is masked iff j > row_start + r + offset. Bit-exact with
+        :func:`sim.golden.softmax.softmax`.
+        """
+        x = self._int8_matrix(scores, "scores")
+        m, t = x.shape
+        words = self._tiles(t)
+        if words * self.lanes > self.max_length:
+            raise ValueError(f"rows of {t} scores exceed the softmax unit's {self.max_length}")
+        lengths = np.broadcast_to(np.asarray(t if lengths is None else lengths, dtype=np.int64), (m,))
+        if m and (lengths.min() < 0 or lengths.max() > t):
+            raise ValueError(f"lengths must lie in 0..{t}")
+        table = np.asarray(table, dtype=np.int64)
+        if table.shape != (256,) or table.min() < 0 or table.max() > 0xFFFF:
+            raise ValueError("the softmax table must hold 256 values in 0..65535")
+        if not -(1 << 15) <= offset < (1 << 15) or not 0 <= row_start + m < (1 << 16):
+            raise ValueError("offset and row indices must fit 16 bits")
+        if m == 0 or t == 0:
+            return np.zeros((m, t), dtype=np.uint8)
+
+        def op(program, deps, rows, row0, src, dst):
+            # One instruction per run of rows with the same valid length.
+            last = None
+            r = 0
+            while r < rows:
+                length = int(lengths[row0 + r])
+                end = r + 1
+                while end < rows and lengths[row0 + end] == length:
+                    end += 1
+                last = program.add(Opcode.SOFTMAX, deps, dst_bank=Bank.OUT, rows=end - r,
+                                   words=words, src_base=src + r * words, src_stride=words,
+                                   dst_base=dst + r * words, dst_stride=words, length=length,
+                                   causal=int(bool(causal)), row_start=row_start + row0 + r,
+                                   offset=int(offset))
+                deps = []
+                r = end
+            return last
+        out = self._rowwise(self._padded(x.view(np.uint8), m, words * self.lanes, 0), words,
+                            op, table=(TableTarget.SOFTMAX, table))
+        return out[:, :t]
+
+    def layernorm(self, x, gamma_q, beta_q, gamma_frac, eps_q, *, rms=False):
+        """LayerNorm (or RMSNorm) of INT8 rows ``x`` (M x N, N a multiple of the lanes) with
+        the integer parameters of :func:`sim.golden.layernorm.quantize_params` and
+        :func:`~sim.golden.layernorm.quantize_eps`; bit-exact with
+        :func:`sim.golden.layernorm.layernorm`."""
+        from rtl.layernorm import BETA_BITS, EPS_BITS, GAMMA_BITS, GAMMA_FRAC_MAX
+        x = self._int8_matrix(x, "x")
+        m, n = x.shape
+        if n == 0 or n % self.lanes or n > self.max_hidden:
+            raise ValueError(f"LayerNorm rows must have a multiple of {self.lanes} elements, "
+                             f"at most {self.max_hidden}; got {n}")
+        gamma_q = np.asarray(gamma_q, dtype=np.int64)
+        beta_q = np.asarray(beta_q, dtype=np.int64)
+        if gamma_q.shape != (n,) or beta_q.shape != (n,):
+            raise ValueError(f"gamma and beta must have {n} values")
+        if np.abs(gamma_q).max() >= 1 << (GAMMA_BITS - 1) or np.abs(beta_q).max() >= 1 << (BETA_BITS - 1):
+            raise ValueError("gamma or beta does not fit its field")
+        if not 0 <= gamma_frac <= GAMMA_FRAC_MAX or not 0 <= eps_q < 1 << EPS_BITS:
+            raise ValueError("gamma_frac or eps out of range")
+        if m == 0:
+            return np.zeros((0, n), dtype=np.int8)
+        words = n // self.lanes
+        params = np.empty(2 * n, dtype=np.int64)
+        params[0::2], params[1::2] = gamma_q, beta_q
+
+        def op(program, deps, rows, row0, src, dst):
+            return program.add(Opcode.LAYERNORM, deps, dst_bank=Bank.OUT, rows=rows, words=words,
+                               src_base=src, src_stride=words, dst_base=dst, dst_stride=words,
+                               rms=int(bool(rms)), eps=int(eps_q), gamma_frac=int(gamma_frac))
+        out = self._rowwise(x.view(np.uint8), words, op, table=(TableTarget.LAYERNORM, params))
+        return out.view(np.int8)
+
+    def activation(self, x, table):
+        """Every INT8 code of ``x`` (M x N) through the 256-entry ``table`` (int8 values)."""
+        x = self._int8_matrix(x, "x")
+        m, n = x.shape
+        table = np.asarray(table, dtype=np.int64)
+        if table.shape != (256,) or table.min() < -128 or table.max() > 127:
+            raise ValueError("the activation table must hold 256 int8 values")
+        if m == 0 or n == 0:
+            return np.zeros((m, n), dtype=np.int8)
+        words = self._tiles(n)
+
+        def op(program, deps, rows, row0, src, dst):
+            return program.add(Opcode.ACTIVATION, deps, dst_bank=Bank.OUT, rows=rows, words=words,
+                               src_base=src, src_stride=words, dst_base=dst, dst_stride=words)
+        out = self._rowwise(self._padded(x.view(np.uint8), m, words * self.lanes, 0), words, op,
+                            table=(TableTarget.ACTIVATION, table))
+        return out.view(np.int8)[:, :n]
+
+    def requantize(self, accumulators, *, bias, multiplier, shift, zero_point=0,
+                   activation_table=None):
+        """INT32 ``accumulators`` (M x N) requantized to INT8 per column, like :meth:`linear`
+        after its product (and through ``activation_table`` if given)."""
+        acc = np.asarray(accumulators)
+        if acc.ndim != 2 or (acc.size and acc.dtype.kind not in "iu"):
+            raise ValueError("accumulators must be a 2-D integer array")
+        if acc.size and (acc.min() < -(1 << 31) or acc.max() >= 1 << 31):
+            raise ValueError("accumulators must fit INT32")
+        m, n = acc.shape
+        params = self._params(n, bias, multiplier, shift, zero_point)
+        if m == 0 or n == 0:
+            return np.zeros((m, n), dtype=np.int8)
+        tiles = self._tiles(n)
+        table = None
+        if activation_table is not None:
+            table = np.asarray(activation_table, dtype=np.int64)
+            if table.shape != (256,) or table.min() < -128 or table.max() > 127:
+                raise ValueError("activation_table must hold 256 int8 values")
+        words_in = np.zeros((m, tiles * self.lanes), dtype="<i4")
+        words_in[:, :n] = acc
+
+        def op(program, deps, rows, row0, src, dst, param_base):
+            return program.add(Opcode.REQUANT, deps, dst_bank=Bank.OUT, rows=rows, words=tiles,
+                               src_base=src, src_stride=4 * tiles, dst_base=dst, dst_stride=tiles,
+                               param_base=param_base, activate=int(table is not None))
+        out = self._rowwise(words_in.view(np.uint8), tiles, op, params=params,
+                            table=None if table is None else (TableTarget.ACTIVATION, table))
+        return out.view(np.int8)[:, :n]
+
     # -- Helpers --------------------------------------------------------------------------
+
+    def _int8_matrix(self, x, name):
+        x = np.asarray(x)
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D array, not shape {x.shape}")
+        if x.size and (x.dtype.kind not in "iu" or x.min() < -128 or x.max() > 127):
+            raise ValueError(f"{name} must hold INT8 values (-128..127)")
+        return x.astype(np.int8)
+
+    def _table_words(self, target, entries):
+        """A TABLE's entries as 32-bit little-endian words, padded to whole buffer words."""
+        values = np.asarray(entries, dtype=np.int64).astype("<i4")
+        per_word = self.lanes // 4
+        padded = np.zeros(-(-len(values) // per_word) * per_word, dtype="<i4")
+        padded[:len(values)] = values
+        return padded.view(np.uint8)
+
+    def _rowwise(self, rows_bytes, out_words, op, *, params=None, table=None):
+        """Run a row-wise op over ``rows_bytes`` (M x in_words words) in chunks: each chunk
+        is loaded into one INP half, ``op`` writes it to one OUT half, a STORE takes it out;
+        halves alternate so the next chunk loads while this one computes."""
+        lanes = self.lanes
+        m = rows_bytes.shape[0]
+        in_words = rows_bytes.shape[1] // lanes
+        inp_half, out_half = self.inp_words // 2, self.out_words // 2
+        chunk = min(m, inp_half // in_words, out_half // out_words)
+        if chunk == 0:
+            raise ValueError("rows too long for the on-chip buffers")
+        address = 0
+        x_base = address
+        address += self._write_words(x_base, rows_bytes)
+        program = Program()
+        first_deps = []
+        param_base = 0
+        w_used = 0
+        if table is not None:
+            target, entries = table
+            words = self._table_words(target, entries)
+            t_base = address
+            address += self._write_words(t_base, words)
+            count = len(entries)
+            n_words = len(words) // lanes
+            t_load = program.load(bank=Bank.WGT, sram_base=0, sram_stride=0, rows=1, cols=n_words,
+                                  dram_base=t_base, dram_stride=0)
+            first_deps = [program.table(deps=[t_load], target=target, base=0, count=count)]
+            w_used = n_words
+        if params is not None:
+            p_base = address
+            address += self._write_words(p_base, params)
+            param_base = w_used
+            p_load = program.load(bank=Bank.WGT, sram_base=param_base, sram_stride=0, rows=1,
+                                  cols=len(params) // lanes, dram_base=p_base, dram_stride=0)
+            first_deps = first_deps + [p_load]
+        y_base = address
+        last_op = [first_deps[-1] if first_deps else None] * 2
+        last_store = [None, None]
+        for i, r0 in enumerate(range(0, m, chunk)):
+            rows = min(chunk, m - r0)
+            h = i % 2
+            load = program.load(deps=[last_op[h]], bank=Bank.INP, sram_base=h * inp_half,
+                                sram_stride=in_words, rows=rows, cols=in_words,
+                                dram_base=x_base + r0 * in_words, dram_stride=in_words)
+            deps = [load, last_store[h]] + ([d for d in first_deps if d is not None] if i == 0 else [])
+            if params is not None:
+                last_op[h] = op(program, deps, rows, r0, h * inp_half, h * out_half, param_base)
+            else:
+                last_op[h] = op(program, deps, rows, r0, h * inp_half, h * out_half)
+            last_store[h] = program.store(deps=[last_op[h]], bank=Bank.OUT, sram_base=h * out_half,
+                                          sram_stride=out_words, rows=rows, cols=out_words,
+                                          dram_base=y_base + r0 * out_words, dram_stride=out_words)
+        self.run(program)
+        data = self.transport.read_memory(y_base, m * out_words)
+        return np.frombuffer(data, dtype=np.uint8).reshape(m, out_words * lanes).copy()
 
     def _check_operands(self, a_codes, w_codes, mode):
         a, w = np.asarray(a_codes), np.asarray(w_codes)
@@ -244,10 +444,12 @@ class Accelerator:
         block_count = 0
         if table is not None:
             # The table goes through the top of WGT's second half before any weights use it.
-            t_load = program.load(bank=Bank.WGT, sram_base=self.wgt_words - 256 // lanes,
-                                  sram_stride=0, rows=1, cols=256 // lanes,
+            t_words = len(table) // lanes
+            t_load = program.load(bank=Bank.WGT, sram_base=self.wgt_words - t_words,
+                                  sram_stride=0, rows=1, cols=t_words,
                                   dram_base=t_base, dram_stride=0)
-            last_gemm = program.table(deps=[t_load], base=self.wgt_words - 256 // lanes)
+            last_gemm = program.table(deps=[t_load], target=TableTarget.ACTIVATION,
+                                      base=self.wgt_words - t_words, count=256)
             gemm_of_half[1] = last_gemm
         for m0 in range(0, m, m_chunk):
             rows = min(m_chunk, m - m0)

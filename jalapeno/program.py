@@ -18,7 +18,8 @@ from rtl.isa import Opcode, encode
 __all__ = ["Program", "UNIT_OF"]
 
 UNIT_OF = {Opcode.LOAD: "load", Opcode.STORE: "store", Opcode.GEMM: "compute",
-           Opcode.TABLE: "compute", Opcode.NOP: "compute"}
+           Opcode.TABLE: "compute", Opcode.NOP: "compute", Opcode.SOFTMAX: "compute",
+           Opcode.LAYERNORM: "compute", Opcode.ACTIVATION: "compute", Opcode.REQUANT: "compute"}
 _ORDER = ("load", "compute", "store")
 
 

@@ -20,7 +20,7 @@ matrices are row-major in words: element (r, c) of an operand at ``base`` with
 
 import enum as py_enum
 
-from amaranth.hdl import unsigned
+from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data, enum
 
 from .matmul.mode import MatmulMode
@@ -28,8 +28,8 @@ from .matmul.mode import MatmulMode
 
 __all__ = [
     "INSTRUCTION_BITS", "Opcode", "Bank", "PostOp", "Header", "TransferInstruction",
-    "GemmInstruction", "TableInstruction", "Instruction", "LAYOUTS", "encode", "decode_opcode",
-    "PARAM_WORDS",
+    "GemmInstruction", "TableInstruction", "TableTarget", "VectorInstruction", "Instruction",
+    "LAYOUTS", "encode", "decode_opcode", "PARAM_WORDS",
 ]
 
 
@@ -48,6 +48,10 @@ class Opcode(enum.Enum, shape=4):
     GEMM = 3
     TABLE = 4
     SYNC = 5
+    SOFTMAX = 6
+    LAYERNORM = 7
+    ACTIVATION = 8
+    REQUANT = 9
 
 
 class Bank(enum.Enum, shape=2):
@@ -63,6 +67,13 @@ class PostOp(enum.Enum, shape=2):
     RAW = 0            # INT32 / FP32 bit patterns, 4 words per row of ``lanes`` columns
     REQUANT = 1        # per-column requantization to INT8, 1 word per row
     REQUANT_ACT = 2    # requantization, then the activation table
+
+
+class TableTarget(enum.Enum, shape=2):
+    """Which table a TABLE instruction loads."""
+    ACTIVATION = 0     # 256 entries: the output code for input code i (low 8 bits)
+    SOFTMAX = 1        # 256 entries: the softmax exponential table (low 16 bits)
+    LAYERNORM = 2      # 2 x hidden entries: gamma_0, beta_0, gamma_1, beta_1, ... (int32)
 
 
 Header = data.StructLayout({
@@ -111,11 +122,47 @@ GemmInstruction = data.StructLayout({
     "param_base": 16,
 })
 
-#: TABLE: load the 256-entry activation table (entry i = byte i) from ``words``
-#: consecutive words of WGT at ``base`` (256 / lanes words).
+#: TABLE: load ``count`` 32-bit entries (little-endian, lanes / 4 per word) from WGT at
+#: ``base`` into the ``target`` table (see :class:`TableTarget`).
 TableInstruction = data.StructLayout({
     "header": Header,
+    "target": TableTarget,
     "base": 16,
+    "count": 16,
+})
+
+#: The row-wise ops SOFTMAX, LAYERNORM, ACTIVATION and REQUANT: ``rows`` rows from INP
+#: (``src_base`` + r * ``src_stride``) to ``dst_bank`` (``dst_base`` + r * ``dst_stride``),
+#: ``words`` output words per row.
+#:
+#: - SOFTMAX: a row of ``words`` x lanes INT8 scores to UINT8 probabilities; element j
+#:   of row r is masked iff ``j >= length`` or (``causal`` and ``j > row_start + r +
+#:   offset``); the exponential table comes from ``TABLE SOFTMAX``.
+#: - LAYERNORM: a row of N = ``words`` x lanes INT8 codes normalised (``rms``, ``eps``,
+#:   ``gamma_frac`` as in :func:`sim.golden.layernorm.layernorm`), gamma and beta from
+#:   ``TABLE LAYERNORM``.
+#: - ACTIVATION: every code through the activation table.
+#: - REQUANT: INT32 values (4 input words per output word) requantized per column like
+#:   GEMM's REQUANT post op, parameters at ``param_base`` in WGT (10 words per ``lanes``
+#:   columns); with ``activate`` through the activation table too.
+VectorInstruction = data.StructLayout({
+    "header": Header,
+    "dst_bank": Bank,
+    "rows": 16,
+    "words": 16,
+    "src_base": 16,
+    "src_stride": 16,
+    "dst_base": 16,
+    "dst_stride": 16,
+    "length": 16,
+    "causal": 1,
+    "row_start": 16,
+    "offset": signed(16),
+    "rms": 1,
+    "eps": 40,
+    "gamma_frac": 5,
+    "param_base": 16,
+    "activate": 1,
 })
 
 Instruction = data.UnionLayout({
@@ -124,6 +171,7 @@ Instruction = data.UnionLayout({
     "transfer": TransferInstruction,
     "gemm": GemmInstruction,
     "table": TableInstruction,
+    "vector": VectorInstruction,
 })
 
 #: The layout of each opcode's instruction (NOP and SYNC carry only a header).
@@ -134,6 +182,10 @@ LAYOUTS = {
     Opcode.GEMM: GemmInstruction,
     Opcode.TABLE: TableInstruction,
     Opcode.SYNC: Header,
+    Opcode.SOFTMAX: VectorInstruction,
+    Opcode.LAYERNORM: VectorInstruction,
+    Opcode.ACTIVATION: VectorInstruction,
+    Opcode.REQUANT: VectorInstruction,
 }
 
 
@@ -160,9 +212,11 @@ def encode(opcode, *, pop_prev=False, pop_next=False, push_prev=False, push_next
         if isinstance(shape, type) and issubclass(shape, py_enum.Enum):
             fields[name] = shape(value)
             continue
-        width = shape.width if hasattr(shape, "width") else shape
-        if not isinstance(value, int) or not 0 <= value < (1 << width):
-            raise ValueError(f"{opcode.name}.{name} = {value!r} does not fit in {width} unsigned bits")
+        shape = Shape.cast(shape)
+        low, high = ((-(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1) if shape.signed
+                     else (0, (1 << shape.width) - 1))
+        if not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{opcode.name}.{name} = {value!r} does not fit in {shape}")
     return layout.const({"header": header, **fields}).as_value().value
 
 

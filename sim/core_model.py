@@ -39,6 +39,8 @@ class CoreConfig:
     dram_words: int = 1 << 22
     fp8: bool = True
     queue_depth: int = 32
+    max_length: int = 512
+    max_hidden: int = 1024
 
     def core(self):
         from rtl.core import Core
@@ -50,7 +52,7 @@ class CoreConfig:
 PRESETS = {
     "full": CoreConfig(),
     "small": CoreConfig(lanes=4, inp_words=4096, wgt_words=4096, out_words=4096, max_rows=128,
-                        dram_words=1 << 18, queue_depth=8),
+                        dram_words=1 << 18, queue_depth=8, max_length=128, max_hidden=256),
 }
 
 

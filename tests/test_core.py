@@ -8,10 +8,12 @@ from jalapeno.accelerator import Accelerator, DeviceError
 from jalapeno.program import Program
 from jalapeno.sim_transport import MemoryTiming, SimTransport
 from rtl.core.status import COUNTER_BASE, Counter, ErrorCode, Register
-from rtl.isa import Bank, GemmInstruction, Opcode, PostOp, encode
+from rtl.isa import Bank, GemmInstruction, Opcode, PostOp, TableTarget, encode
 from rtl.matmul.mode import MatmulMode
 from sim.core_model import PRESETS
 from sim.golden import activation as golden_activation
+from sim.golden import layernorm as golden_layernorm
+from sim.golden import softmax as golden_softmax
 from sim.golden.matmul import matmul as golden_matmul
 from sim.golden.requantizer import quantize_multipliers, requantize
 
@@ -98,6 +100,55 @@ def test_linear_with_activation_table(accelerator):
     assert np.array_equal(got, expected["value"].astype(np.int8))
 
 
+@pytest.mark.parametrize("t", [1, 4, 37, 128])
+def test_softmax_masks_and_lengths(accelerator, t):
+    rng = np.random.default_rng(t)
+    m = 70   # more rows than fit one INP half at T = 128: several chunks
+    scores = random_codes(rng, (m, t), 0).astype(np.uint8).view(np.int8)
+    table = golden_softmax.exp_table(rng.uniform(0.01, 0.2))
+    lengths = rng.integers(0, t + 1, m)
+    got = accelerator.softmax(scores, table, lengths=lengths)
+    assert np.array_equal(got, golden_softmax.softmax(scores, lengths, False, np.arange(m), 0, table))
+    got = accelerator.softmax(scores, table, causal=True, row_start=5, offset=-3)
+    assert np.array_equal(got, golden_softmax.softmax(scores, t, True, np.arange(m) + 5, -3, table))
+
+
+@pytest.mark.parametrize("n, rms", [(4, False), (64, False), (256, False), (96, True)])
+def test_layernorm_rows(accelerator, n, rms):
+    rng = np.random.default_rng(n)
+    x = random_codes(rng, (21, n), 0).astype(np.uint8).view(np.int8)
+    gamma_q, beta_q, gamma_frac = golden_layernorm.quantize_params(
+        rng.uniform(-2, 2, n), rng.uniform(-1, 1, n), rng.uniform(0.01, 0.1))
+    eps_q = golden_layernorm.quantize_eps(1e-5, rng.uniform(0.01, 0.2), n)
+    got = accelerator.layernorm(x, gamma_q, beta_q, gamma_frac, eps_q, rms=rms)
+    expected = golden_layernorm.layernorm(x, gamma_q, beta_q, gamma_frac, eps_q, rms=rms)
+    assert np.array_equal(got, expected.astype(np.int8))
+
+
+def test_activation_every_code(accelerator):
+    table = golden_activation.build_table(golden_activation.gelu, 0.04, 0.02)
+    x = np.arange(-128, 128).reshape(16, 16)
+    assert np.array_equal(accelerator.activation(x, table), golden_activation.apply(table, x.astype(np.int8)))
+    x = x[:5, :7]
+    assert np.array_equal(accelerator.activation(x, table), golden_activation.apply(table, x.astype(np.int8)))
+
+
+def test_requantize_standalone(accelerator):
+    rng = np.random.default_rng(5)
+    acc = rng.integers(-(1 << 31), 1 << 31, (19, 11))
+    acc[0, :] = [-(1 << 31), (1 << 31) - 1] + [0] * 9
+    multiplier, shift = quantize_multipliers(rng.uniform(1e-9, 1e-6, 11))
+    bias = rng.integers(-1000, 1000, 11)
+    expected = requantize(acc, bias[None], multiplier[None], shift[None], 0)
+    got = accelerator.requantize(acc, bias=bias, multiplier=multiplier, shift=shift)
+    assert np.array_equal(got, expected["value"].astype(np.int8))
+    assert accelerator.last_stats["saturations"] == int(expected["saturated"].sum())
+    table = golden_activation.build_table(golden_activation.silu, 0.05, 0.05)
+    got = accelerator.requantize(acc, bias=bias, multiplier=multiplier, shift=shift,
+                                 activation_table=table)
+    assert np.array_equal(got, golden_activation.apply(table, expected["value"].astype(np.int8)))
+
+
 @pytest.mark.parametrize("timing", [
     MemoryTiming(read_latency=1, write_latency=1),
     MemoryTiming(read_latency=200, write_latency=150, read_interval=3, write_interval=5),
@@ -150,9 +201,14 @@ def test_unknown_opcode_is_an_error(accelerator):
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, transpose_w=1, w_base=4000, w_stride=30), 2),
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.REQUANT, param_base=4090), 2),
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, out_base=4094), 2),
-    (Opcode.TABLE, dict(base=4090), 2),
+    (Opcode.TABLE, dict(base=4090, count=256), 2),
+    (Opcode.SOFTMAX, dict(rows=2, words=3, src_base=4094, src_stride=3, dst_base=0), 2),
+    (Opcode.LAYERNORM, dict(rows=3, words=4, dst_bank=Bank.OUT, dst_base=4090, dst_stride=4), 2),
+    (Opcode.REQUANT, dict(rows=1, words=1, src_base=4093, param_base=0), 2),
+    (Opcode.REQUANT, dict(rows=1, words=2, param_base=4080), 2),
 ], ids=["load-sram", "load-dram-stride", "load-dram-end", "store-sram", "store-counters",
-        "gemm-a", "gemm-w", "gemm-wt", "gemm-params", "gemm-out", "table"])
+        "gemm-a", "gemm-w", "gemm-wt", "gemm-params", "gemm-out", "table", "softmax-src",
+        "layernorm-dst", "requant-src", "requant-params"])
 def test_out_of_range_addresses_are_errors(accelerator, opcode, fields, unit):
     error = run_error(accelerator, one(opcode, **fields))
     assert (error.code, error.unit) == (ErrorCode.ADDRESS, unit)
@@ -168,7 +224,17 @@ def test_out_of_range_addresses_are_errors(accelerator, opcode, fields, unit):
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, raw_mode=6), 2),
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, raw_post=3), 2),
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, out_bank=Bank.COUNTERS), 2),
-], ids=["load-out", "store-inp", "m0", "m-max", "k0", "n0", "mode6", "post3", "out-counters"])
+    (Opcode.SOFTMAX, dict(rows=1, words=33), 2),                 # 132 > max_length 128
+    (Opcode.SOFTMAX, dict(rows=1, words=2, length=9), 2),        # length beyond the row
+    (Opcode.LAYERNORM, dict(rows=1, words=65), 2),               # 260 > max_hidden 256
+    (Opcode.ACTIVATION, dict(rows=0, words=1), 2),
+    (Opcode.ACTIVATION, dict(rows=1, words=1, dst_bank=Bank.COUNTERS), 2),
+    (Opcode.TABLE, dict(target=TableTarget.ACTIVATION, count=257), 2),
+    (Opcode.TABLE, dict(target=TableTarget.LAYERNORM, count=3), 2),
+    (Opcode.TABLE, dict(target=TableTarget.SOFTMAX, count=0), 2),
+], ids=["load-out", "store-inp", "m0", "m-max", "k0", "n0", "mode6", "post3", "out-counters",
+        "softmax-long", "softmax-length", "layernorm-long", "rows0", "dst-counters",
+        "table-count", "table-odd", "table-empty"])
 def test_bad_fields_are_errors(accelerator, opcode, fields, unit):
     error = run_error(accelerator, one(opcode, **fields))
     assert (error.code, error.unit) == (ErrorCode.BAD_FIELD, unit)

@@ -1,4 +1,4 @@
-"""The compute unit: GEMM (the matmul engine and its post-processing), TABLE and NOP."""
+"""The compute unit: GEMM, the row-wise ops (SOFTMAX, LAYERNORM, ACTIVATION, REQUANT), TABLE, NOP."""
 
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
@@ -6,16 +6,20 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
-from ..isa import PARAM_WORDS, Bank, Instruction, Opcode, PostOp
+from ..activation import Activation
+from ..isa import PARAM_WORDS, Bank, Instruction, Opcode, PostOp, TableTarget
+from ..layernorm import LayerNorm
 from ..matmul.array import pe_module_name
-from ..matmul.engine import MatmulEngine
-from ..matmul.pe import ProcessingElement
+from ..matmul.engine import MatmulEngine, result_row_layout
 from ..matmul.mode import MatmulMode
+from ..matmul.pe import ProcessingElement
+from ..softmax import Softmax
 from .buffer_reader import BufferReader
 from .instruction_control import InstructionControl
 from .post_processor import PostProcessor, param_set_layout
 from .range_check import Extent, RangeCheck
 from .status import ErrorCode
+from .table_loader import TableLoader
 from .weight_transposer import WeightTransposer
 from .write_port import buffer_write_layout
 
@@ -43,20 +47,31 @@ class ComputeUnit(wiring.Component):
     the engine, which double-buffers the weights, so consecutive passes stream
     without a bubble. The post-processor writes the rows to ``out_bank``.
 
-    **TABLE**: the 256-entry activation table from WGT. **NOP**: nothing.
+    **SOFTMAX, LAYERNORM, ACTIVATION** (:data:`rtl.isa.VectorInstruction`): rows of
+    words from INP through the softmax, LayerNorm or activation unit (``lanes``
+    elements per cycle) to ``dst_bank``. **REQUANT**: INT32 rows from INP (4 words per
+    output word) through the post-processor's requantizers (and the activation
+    table). **TABLE**: the activation, softmax or LayerNorm table from WGT.
+    **NOP**: nothing.
 
-    Checks before anything runs: BAD_FIELD for m = 0 or > ``max_rows``, k_tiles = 0,
-    n_tiles = 0, a mode the engine was not built with, post op 3, out bank
-    COUNTERS; ADDRESS for any operand outside its buffer. A failed instruction is
-    skipped (its tokens are still pushed).
+    Checks before anything runs: BAD_FIELD for a size of 0 or beyond the unit's
+    limit (``max_rows``, ``max_length``, ``max_hidden``), a mode the engine was not
+    built with, post op 3, a COUNTERS destination, a softmax ``length`` beyond the row,
+    a bad table target or count; ADDRESS for any operand outside its buffer. A
+    failed instruction is skipped (its tokens are still pushed).
     """
 
-    def __init__(self, *, lanes, depths, max_rows, fp8, shared_pe_module):
+    def __init__(self, *, lanes, depths, max_rows, fp8, shared_pe_module, max_length=512,
+                 max_hidden=1024):
+        if lanes < 4:
+            raise ValueError("the compute unit needs at least 4 lanes (32-bit table entries)")
         self._lanes = lanes
         self._depths = depths
         self._max_rows = max_rows
         self._fp8 = fp8
         self._shared_pe_module = shared_pe_module
+        self._max_length = max_length
+        self._max_hidden = max_hidden
         word_bits = 8 * lanes
         super().__init__({
             "insn": In(stream.Signature(Instruction)),
@@ -87,15 +102,12 @@ class ComputeUnit(wiring.Component):
     def verilog_modules(self):
         return shared_pe_modules(self._lanes, self._fp8, self._shared_pe_module)
 
-    def _engine(self):
-        return MatmulEngine(rows=self._lanes, cols=self._lanes, max_rows=self._max_rows,
-                            fp8=self._fp8, shared_pe_module=self._shared_pe_module)
-
     def elaborate(self, platform):
         m = Module()
         n = self._lanes
         log_n = exact_log2(n)
         word_bits = 8 * n
+        per_word = n // 4
 
         m.submodules.control = control = InstructionControl()
         wiring.connect(m, wiring.flipped(self.insn), control.insn)
@@ -114,42 +126,78 @@ class ComputeUnit(wiring.Component):
         ]
         g = control.current.gemm
         tbl = control.current.table
+        v = control.current.vector
         opcode = header.opcode
         is_gemm = opcode == Opcode.GEMM
         is_table = opcode == Opcode.TABLE
+        is_softmax = opcode == Opcode.SOFTMAX
+        is_layernorm = opcode == Opcode.LAYERNORM
+        is_activation = opcode == Opcode.ACTIVATION
+        is_requant = opcode == Opcode.REQUANT
+        is_rowwise = is_softmax | is_layernorm | is_activation
+        is_vector = is_rowwise | is_requant
+        is_post = is_gemm | is_requant
         raw = g.post == PostOp.RAW
-        table_words = 256 // n
+        in_words = Mux(is_requant, v.words << 2, v.words)
+        row_elements = v.words << log_n
+        table_words = (tbl.count + per_word - 1) >> exact_log2(per_word)
 
         # -- Checks --------------------------------------------------------------------------
         max_mode = MatmulMode.E5M2_E4M3.value if self._fp8 else MatmulMode.UINT8.value
-        field_bad = is_gemm & ((g.m == 0) | (g.m > self._max_rows) | (g.k_tiles == 0)
-                               | (g.n_tiles == 0) | (g.mode.as_value() > max_mode)
-                               | (g.post.as_value() == 3) | (g.out_bank == Bank.COUNTERS))
-        out_limit = Signal(17)
-        with m.Switch(g.out_bank):
-            for bank in (Bank.INP, Bank.WGT, Bank.OUT):
-                with m.Case(bank):
-                    m.d.comb += out_limit.eq(self._depths[bank])
+        gemm_bad = ((g.m == 0) | (g.m > self._max_rows) | (g.k_tiles == 0) | (g.n_tiles == 0)
+                    | (g.mode.as_value() > max_mode) | (g.post.as_value() == 3)
+                    | (g.out_bank == Bank.COUNTERS))
+        vector_bad = ((v.rows == 0) | (v.words == 0) | (v.dst_bank == Bank.COUNTERS)
+                      | (is_softmax & ((row_elements > self._max_length) | (v.length > row_elements)))
+                      | (is_layernorm & (row_elements > self._max_hidden)))
+        table_bad = ((tbl.count == 0) | (tbl.target.as_value() == 3)
+                     | ((tbl.target != TableTarget.LAYERNORM) & (tbl.count > 256))
+                     | ((tbl.target == TableTarget.LAYERNORM)
+                        & ((tbl.count > 2 * self._max_hidden) | tbl.count[0])))
+        field_bad = Mux(is_gemm, gemm_bad, Mux(is_vector, vector_bad, Mux(is_table, table_bad, 0)))
+
+        def depth_of(bank):
+            limit = Signal(17)
+            with m.Switch(bank):
+                for b in (Bank.INP, Bank.WGT, Bank.OUT):
+                    with m.Case(b):
+                        m.d.comb += limit.eq(self._depths[b])
+            return limit
+        out_bank = Mux(is_gemm, g.out_bank, v.dst_bank)
+        out_limit = depth_of(out_bank)
         inp_depth, wgt_depth = self._depths[Bank.INP], self._depths[Bank.WGT]
         m.submodules.check = check = RangeCheck(4)
         check.connect_extents([
-            Extent(Mux(is_table, tbl.base, g.a_base), Mux(is_table, 1, g.m), g.a_stride,
-                   Mux(is_table, table_words, g.k_tiles), Mux(is_table, wgt_depth, inp_depth)),
+            Extent(Mux(is_table, tbl.base, Mux(is_gemm, g.a_base, v.src_base)),
+                   Mux(is_table, 1, Mux(is_gemm, g.m, v.rows)),
+                   Mux(is_gemm, g.a_stride, v.src_stride),
+                   Mux(is_table, table_words, Mux(is_gemm, g.k_tiles, in_words)),
+                   Mux(is_table, wgt_depth, inp_depth)),
             Extent(g.w_base, Mux(g.transpose_w, g.n_tiles, g.k_tiles) << log_n, g.w_stride,
                    Mux(g.transpose_w, g.k_tiles, g.n_tiles), wgt_depth, enable=is_gemm),
-            Extent(g.param_base, 1, 0, g.n_tiles * PARAM_WORDS, wgt_depth, enable=is_gemm & ~raw),
-            Extent(g.out_base, g.m, g.out_stride, Mux(raw, g.n_tiles << 2, g.n_tiles), out_limit,
-                   enable=is_gemm),
+            Extent(Mux(is_gemm, g.param_base, v.param_base), 1, 0,
+                   Mux(is_gemm, g.n_tiles, v.words) * PARAM_WORDS, wgt_depth,
+                   enable=(is_gemm & ~raw) | is_requant),
+            Extent(Mux(is_gemm, g.out_base, v.dst_base), Mux(is_gemm, g.m, v.rows),
+                   Mux(is_gemm, g.out_stride, v.dst_stride),
+                   Mux(is_gemm, Mux(raw, g.n_tiles << 2, g.n_tiles), v.words), out_limit,
+                   enable=is_gemm | is_vector),
         ])
         m.d.comb += check.start.eq(control.start)
 
-        # -- Datapath ------------------------------------------------------------------------
-        m.submodules.engine = engine = self._engine()
+        # -- Units ---------------------------------------------------------------------------
+        m.submodules.engine = engine = MatmulEngine(
+            rows=n, cols=n, max_rows=self._max_rows, fp8=self._fp8,
+            shared_pe_module=self._shared_pe_module)
         m.submodules.inp_reader = inp_reader = BufferReader(addr_width=16, data_width=word_bits)
         m.submodules.wgt_reader = wgt_reader = BufferReader(addr_width=16, data_width=word_bits,
                                                             tag_width=2)
         m.submodules.transposer = transposer = WeightTransposer(n)
         m.submodules.post = post = PostProcessor(lanes=n, max_rows=self._max_rows)
+        m.submodules.activation = act = Activation(lanes=n)
+        m.submodules.softmax = softmax = Softmax(max_length=self._max_length, lanes=n)
+        m.submodules.layernorm = layernorm = LayerNorm(max_hidden=self._max_hidden, lanes=n)
+        m.submodules.tables = tables = TableLoader(lanes=n, max_hidden=self._max_hidden)
         params_layout = param_set_layout(n)
         m.submodules.param_fifo = param_fifo = SyncFIFO(width=params_layout.size, depth=4)
         m.d.comb += [
@@ -157,48 +205,136 @@ class ComputeUnit(wiring.Component):
             inp_reader.port_data.eq(self.inp_data),
             self.wgt_addr.eq(wgt_reader.port_addr), self.wgt_en.eq(wgt_reader.port_en),
             wgt_reader.port_data.eq(self.wgt_data),
-        ]
-        wiring.connect(m, post.write, wiring.flipped(self.write))
-        m.d.comb += [
-            post.post.eq(g.post), post.out_bank.eq(g.out_bank), post.out_base.eq(g.out_base),
-            post.out_stride.eq(g.out_stride), post.m.eq(g.m), post.n_tiles.eq(g.n_tiles),
-            post.rows.payload.eq(engine.c.payload), post.rows.valid.eq(engine.c.valid),
-            engine.c.ready.eq(post.rows.ready),
-            post.params.payload.eq(param_fifo.r_data), post.params.valid.eq(param_fifo.r_rdy),
-            param_fifo.r_en.eq(post.params.ready),
-        ]
-        # A rows: INP reader -> engine.a
-        m.d.comb += [
-            engine.a.payload.eq(inp_reader.data.payload.data),
-            engine.a.valid.eq(inp_reader.data.valid),
-            inp_reader.data.ready.eq(engine.a.ready),
             self.mac.eq(engine.a.valid & engine.a.ready),
             self.post_stall.eq(engine.c.valid & ~engine.c.ready),
             self.saturations.eq(post.saturations),
         ]
-        # WGT reader -> weights (direct or transposed), parameter collector, table serializer
+        wiring.connect(m, tables.activation, act.table)
+        wiring.connect(m, tables.softmax, softmax.table)
+        wiring.connect(m, tables.layernorm, layernorm.params)
+        m.d.comb += [tables.target.eq(tbl.target), tables.count.eq(tbl.count)]
+
+        # Post-processor: configuration, rows from the engine (GEMM) or INP (REQUANT).
+        m.d.comb += [
+            post.post.eq(Mux(is_gemm, g.post, Mux(v.activate, PostOp.REQUANT_ACT, PostOp.REQUANT))),
+            post.out_bank.eq(out_bank),
+            post.out_base.eq(Mux(is_gemm, g.out_base, v.dst_base)),
+            post.out_stride.eq(Mux(is_gemm, g.out_stride, v.dst_stride)),
+            post.m.eq(Mux(is_gemm, g.m, v.rows)),
+            post.n_tiles.eq(Mux(is_gemm, g.n_tiles, v.words)),
+            post.params.payload.eq(param_fifo.r_data), post.params.valid.eq(param_fifo.r_rdy),
+            param_fifo.r_en.eq(post.params.ready),
+        ]
+        quad = Signal(data.ArrayLayout(word_bits, 3))
+        quad_count = Signal(2)
+        idata = inp_reader.data
+        with m.If(is_requant):
+            m.d.comb += [
+                post.rows.payload.values.eq(Cat(quad, idata.payload.data)),
+                post.rows.valid.eq(idata.valid & (quad_count == 3)),
+                idata.ready.eq((quad_count != 3) | post.rows.ready),
+            ]
+            with m.If(idata.valid & idata.ready):
+                m.d.sync += quad_count.eq(quad_count + 1)
+                for q in range(3):
+                    with m.If(quad_count == q):
+                        m.d.sync += quad[q].eq(idata.payload.data)
+        with m.Else():
+            m.d.comb += [post.rows.payload.eq(engine.c.payload), post.rows.valid.eq(engine.c.valid),
+                         engine.c.ready.eq(post.rows.ready)]
+
+        # INP words to the engine or a row-wise unit.
+        m.d.comb += [
+            engine.a.payload.eq(idata.payload.data),
+            softmax.i.payload.eq(idata.payload.data),
+            layernorm.i.payload.eq(idata.payload.data),
+        ]
+        with m.If(is_gemm):
+            m.d.comb += [engine.a.valid.eq(idata.valid), idata.ready.eq(engine.a.ready)]
+        with m.If(is_softmax):
+            m.d.comb += [softmax.i.valid.eq(idata.valid), idata.ready.eq(softmax.i.ready)]
+        with m.If(is_layernorm):
+            m.d.comb += [layernorm.i.valid.eq(idata.valid), idata.ready.eq(layernorm.i.ready)]
+        with m.If(is_activation):
+            m.d.comb += [act.i.payload.eq(idata.payload.data), act.i.valid.eq(idata.valid),
+                         idata.ready.eq(act.i.ready)]
+        with m.Else():
+            wiring.connect(m, post.act_i, act.i)
+
+        # Row-wise outputs to their destination rows; GEMM and REQUANT write through the post.
+        v_out = Signal(data.ArrayLayout(8, n))
+        v_valid = Signal()
+        v_ready = Signal()
+        with m.If(is_softmax):
+            m.d.comb += [v_out.eq(softmax.o.payload.probs), v_valid.eq(softmax.o.valid),
+                         softmax.o.ready.eq(v_ready)]
+        with m.If(is_layernorm):
+            m.d.comb += [v_out.eq(layernorm.o.payload), v_valid.eq(layernorm.o.valid),
+                         layernorm.o.ready.eq(v_ready)]
+        with m.If(is_activation):
+            m.d.comb += [v_out.eq(act.o.payload), v_valid.eq(act.o.valid), act.o.ready.eq(v_ready)]
+        with m.Else():
+            wiring.connect(m, act.o, post.act_o)
+        d_row = Signal(16)
+        d_word = Signal(16)
+        d_ptr = Signal(16)
+        v_done = Signal()
+        with m.If(is_post):
+            wiring.connect(m, post.write, wiring.flipped(self.write))
+        with m.Else():
+            m.d.comb += [
+                self.write.valid.eq(v_valid),
+                self.write.payload.bank.eq(v.dst_bank),
+                self.write.payload.addr.eq(d_ptr + d_word),
+                self.write.payload.data.eq(v_out),
+                v_ready.eq(self.write.ready),
+            ]
+        with m.If(control.start):
+            m.d.sync += [d_row.eq(0), d_word.eq(0), d_ptr.eq(v.dst_base)]
+        with m.Elif(v_valid & v_ready):
+            with m.If(d_word == v.words - 1):
+                m.d.sync += [d_word.eq(0), d_row.eq(d_row + 1), d_ptr.eq(d_ptr + v.dst_stride)]
+                with m.If(d_row == v.rows - 1):
+                    m.d.comb += v_done.eq(1)
+            with m.Else():
+                m.d.sync += d_word.eq(d_word + 1)
+        softmax_error = is_softmax & softmax.o.valid & softmax.o.ready & softmax.o.payload.error
+
+        # Row descriptors for softmax and LayerNorm.
+        cmd_row = Signal(16)
+        cmd_active = Signal()
+        m.d.comb += [
+            softmax.cmd.payload.count.eq(row_elements),
+            softmax.cmd.payload.length.eq(v.length),
+            softmax.cmd.payload.causal.eq(v.causal),
+            softmax.cmd.payload.row.eq(v.row_start + cmd_row),
+            softmax.cmd.payload.offset.eq(v.offset),
+            layernorm.cmd.payload.n.eq(row_elements),
+            layernorm.cmd.payload.rms.eq(v.rms),
+            layernorm.cmd.payload.eps.eq(v.eps),
+            layernorm.cmd.payload.gamma_frac.eq(v.gamma_frac),
+        ]
+        cmd_taken = Signal()
+        with m.If(cmd_active & is_softmax):
+            m.d.comb += [softmax.cmd.valid.eq(1), cmd_taken.eq(softmax.cmd.ready)]
+        with m.If(cmd_active & is_layernorm):
+            m.d.comb += [layernorm.cmd.valid.eq(1), cmd_taken.eq(layernorm.cmd.ready)]
+        with m.If(cmd_taken):
+            m.d.sync += cmd_row.eq(cmd_row + 1)
+            with m.If(cmd_row == v.rows - 1):
+                m.d.sync += cmd_active.eq(0)
+
+        # WGT words to the weights (direct or transposed), the parameter FIFO, the table loader.
         wdata = wgt_reader.data
-        tag = wdata.payload.tag
         collected = Signal(range(PARAM_WORDS))
         param_words = Signal(PARAM_WORDS * word_bits)
-        table_word = Signal(data.ArrayLayout(8, n))
-        table_lane = Signal(range(n))
-        table_index = Signal(9)
-        table_held = Signal()
-        m.d.comb += [
-            transposer.i.payload.eq(wdata.payload.data),
-            post.table.payload.index.eq(table_index),
-            post.table.payload.value.eq(table_word[0]),
-        ]
-        with m.Switch(table_lane):
-            for lane in range(n):
-                with m.Case(lane):
-                    m.d.comb += post.table.payload.value.eq(table_word[lane])
+        m.d.comb += [transposer.i.payload.eq(wdata.payload.data),
+                     tables.words.payload.eq(wdata.payload.data)]
         with m.If(g.transpose_w):
             wiring.connect(m, transposer.o, engine.weights)
         with m.Else():
             m.d.comb += engine.weights.payload.eq(wdata.payload.data)
-        with m.Switch(tag):
+        with m.Switch(wdata.payload.tag):
             with m.Case(_TAG_WEIGHT):
                 with m.If(g.transpose_w):
                     m.d.comb += [transposer.i.valid.eq(wdata.valid),
@@ -217,25 +353,21 @@ class ComputeUnit(wiring.Component):
                     m.d.sync += [param_words.eq(Cat(param_words[word_bits:], wdata.payload.data)),
                                  collected.eq(Mux(last, 0, collected + 1))]
             with m.Case(_TAG_TABLE):
-                m.d.comb += wdata.ready.eq(~table_held)
-                with m.If(wdata.valid & ~table_held):
-                    m.d.sync += [table_word.eq(wdata.payload.data), table_held.eq(1),
-                                 table_lane.eq(0)]
-        m.d.comb += post.table.valid.eq(table_held)
-        with m.If(table_held & post.table.ready):
-            m.d.sync += [table_index.eq(table_index + 1), table_lane.eq(table_lane + 1)]
-            with m.If(table_lane == n - 1):
-                m.d.sync += table_held.eq(0)
+                m.d.comb += [tables.words.valid.eq(wdata.valid), wdata.ready.eq(tables.words.ready)]
 
         # -- Sequencers ----------------------------------------------------------------------
         seq_start = Signal()
-        # Weight sequencer: parameters, pass commands, weight rows (or the table words).
+        m.d.comb += tables.start.eq(seq_start & is_table)
+        with m.If(seq_start & (is_softmax | is_layernorm)):
+            m.d.sync += [cmd_row.eq(0), cmd_active.eq(1)]
+        # Weight sequencer: parameters, pass commands, weight rows, or the table's words.
         w_j = Signal(16)
         w_kt = Signal(16)
         w_i = Signal(16)
         w_ptr = Signal(16)
         w_tile_base = Signal(16)
         p_ptr = Signal(16)
+        tiles = Mux(is_gemm, g.n_tiles, v.words)
         m.d.comb += [
             engine.cmd.payload.mode.eq(g.mode),
             engine.cmd.payload.rows.eq(g.m),
@@ -244,14 +376,16 @@ class ComputeUnit(wiring.Component):
         ]
         with m.FSM(name="weight_sequencer"):
             with m.State("IDLE"):
-                with m.If(seq_start & is_gemm):
-                    m.d.sync += [w_j.eq(0), w_kt.eq(0), w_i.eq(0), p_ptr.eq(g.param_base),
+                with m.If(seq_start & is_post):
+                    m.d.sync += [w_j.eq(0), w_kt.eq(0), w_i.eq(0),
+                                 p_ptr.eq(Mux(is_gemm, g.param_base, v.param_base)),
                                  w_tile_base.eq(g.w_base)]
-                    m.next = "CMD"
-                    with m.If(~raw):
+                    with m.If(is_gemm & raw):
+                        m.next = "CMD"
+                    with m.Else():
                         m.next = "PARAMS"
                 with m.If(seq_start & is_table):
-                    m.d.sync += [w_i.eq(0), w_ptr.eq(tbl.base), table_index.eq(0)]
+                    m.d.sync += [w_i.eq(0), w_ptr.eq(tbl.base)]
                     m.next = "TABLE"
             with m.State("PARAMS"):
                 m.d.comb += [wgt_reader.addr.valid.eq(1), wgt_reader.addr.payload.addr.eq(p_ptr),
@@ -260,7 +394,12 @@ class ComputeUnit(wiring.Component):
                     m.d.sync += [p_ptr.eq(p_ptr + 1), w_i.eq(w_i + 1)]
                     with m.If(w_i == PARAM_WORDS - 1):
                         m.d.sync += w_i.eq(0)
-                        m.next = "CMD"
+                        with m.If(is_gemm):
+                            m.next = "CMD"
+                        with m.Else():
+                            m.d.sync += w_j.eq(w_j + 1)
+                            with m.If(w_j == tiles - 1):
+                                m.next = "IDLE"
             with m.State("CMD"):
                 m.d.comb += engine.cmd.valid.eq(1)
                 with m.If(engine.cmd.ready):
@@ -297,19 +436,29 @@ class ComputeUnit(wiring.Component):
                     with m.If(w_i == table_words - 1):
                         m.next = "IDLE"
 
-        # A sequencer: for every pass, m rows of A[:, kt] from INP.
+        # INP sequencer: A rows for every GEMM pass, or the rows of a row-wise op, or the
+        # INT32 rows of REQUANT in tile order (tile j: 4 words of every row).
         a_j = Signal(16)
         a_kt = Signal(16)
         a_row = Signal(16)
         a_ptr = Signal(16)
-        m.d.comb += [inp_reader.addr.payload.addr.eq(a_ptr), inp_reader.addr.payload.tag.eq(0)]
-        with m.FSM(name="a_sequencer"):
+        a_word = Signal(16)
+        a_quarter = Signal(2)
+        m.d.comb += inp_reader.addr.payload.tag.eq(0)
+        with m.FSM(name="inp_sequencer"):
             with m.State("IDLE"):
                 with m.If(seq_start & is_gemm):
                     m.d.sync += [a_j.eq(0), a_kt.eq(0), a_row.eq(0), a_ptr.eq(g.a_base)]
-                    m.next = "RUN"
-            with m.State("RUN"):
-                m.d.comb += inp_reader.addr.valid.eq(1)
+                    m.next = "GEMM"
+                with m.If(seq_start & is_vector):
+                    m.d.sync += [a_row.eq(0), a_word.eq(0), a_quarter.eq(0), a_j.eq(0),
+                                 a_ptr.eq(v.src_base)]
+                    with m.If(is_requant):
+                        m.next = "REQUANT"
+                    with m.Else():
+                        m.next = "ROWS"
+            with m.State("GEMM"):
+                m.d.comb += [inp_reader.addr.valid.eq(1), inp_reader.addr.payload.addr.eq(a_ptr)]
                 with m.If(inp_reader.addr.ready):
                     m.d.sync += [a_ptr.eq(a_ptr + g.a_stride), a_row.eq(a_row + 1)]
                     with m.If(a_row == g.m - 1):
@@ -320,20 +469,37 @@ class ComputeUnit(wiring.Component):
                                 m.next = "IDLE"
                         with m.Else():
                             m.d.sync += [a_kt.eq(a_kt + 1), a_ptr.eq(g.a_base + a_kt + 1)]
+            with m.State("ROWS"):
+                m.d.comb += [inp_reader.addr.valid.eq(1),
+                             inp_reader.addr.payload.addr.eq(a_ptr + a_word)]
+                with m.If(inp_reader.addr.ready):
+                    m.d.sync += a_word.eq(a_word + 1)
+                    with m.If(a_word == v.words - 1):
+                        m.d.sync += [a_word.eq(0), a_row.eq(a_row + 1),
+                                     a_ptr.eq(a_ptr + v.src_stride)]
+                        with m.If(a_row == v.rows - 1):
+                            m.next = "IDLE"
+            with m.State("REQUANT"):
+                m.d.comb += [inp_reader.addr.valid.eq(1),
+                             inp_reader.addr.payload.addr.eq(a_ptr + a_word + a_quarter)]
+                with m.If(inp_reader.addr.ready):
+                    m.d.sync += a_quarter.eq(a_quarter + 1)
+                    with m.If(a_quarter == 3):
+                        m.d.sync += [a_row.eq(a_row + 1), a_ptr.eq(a_ptr + v.src_stride)]
+                        with m.If(a_row == v.rows - 1):
+                            m.d.sync += [a_row.eq(0), a_ptr.eq(v.src_base), a_word.eq(a_word + 4),
+                                         a_j.eq(a_j + 1)]
+                            with m.If(a_j == v.words - 1):
+                                m.next = "IDLE"
 
         # -- Instruction FSM -----------------------------------------------------------------
-        table_done = Signal()
-        m.d.comb += table_done.eq(table_held & post.table.ready & (table_index == 255))
-        m.d.comb += [
-            self.error.eq(0),
-        ]
         with m.FSM(name="compute"):
             with m.State("IDLE"):
                 with m.If(control.start):
-                    with m.If(is_gemm | is_table):
-                        m.next = "CHECK"
-                    with m.Else():
+                    with m.If(opcode == Opcode.NOP):
                         m.next = "DONE"
+                    with m.Else():
+                        m.next = "CHECK"
             with m.State("CHECK"):
                 with m.If(check.done):
                     with m.If(field_bad):
@@ -343,21 +509,15 @@ class ComputeUnit(wiring.Component):
                         m.d.comb += [self.error.eq(1), self.error_code.eq(ErrorCode.ADDRESS)]
                         m.next = "DONE"
                     with m.Else():
-                        m.d.comb += seq_start.eq(1)
-                        m.d.comb += post.start.eq(is_gemm)
-                        with m.If(is_gemm):
-                            m.next = "GEMM"
-                        with m.Else():
-                            m.next = "TABLE"
-            with m.State("GEMM"):
+                        m.d.comb += [seq_start.eq(1), post.start.eq(is_post)]
+                        m.next = "RUN"
+            with m.State("RUN"):
                 with m.If(post.engine_error):
                     m.d.comb += [self.error.eq(1), self.error_code.eq(ErrorCode.ENGINE)]
-                with m.Elif(post.shift_error):
+                with m.Elif(post.shift_error | softmax_error):
                     m.d.comb += [self.error.eq(1), self.error_code.eq(ErrorCode.BAD_FIELD)]
-                with m.If(post.done):
-                    m.next = "DONE"
-            with m.State("TABLE"):
-                with m.If(table_done):
+                finished = Mux(is_post, post.done, Mux(is_table, tables.done, v_done))
+                with m.If(finished):
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += control.done.eq(1)

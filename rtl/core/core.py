@@ -21,7 +21,8 @@ class Core(wiring.Component):
     """The Jalapeño core (see ``docs/core.md``).
 
     Instructions arrive on ``insn``; the dispatcher routes LOAD to the load unit,
-    STORE to the store unit, GEMM/TABLE/NOP to the compute unit, each through its own
+    STORE to the store unit, the rest (GEMM, SOFTMAX, LAYERNORM, ACTIVATION, REQUANT,
+    TABLE, NOP) to the compute unit, each through its own
     queue, so the three units run concurrently and synchronise only through
     dependency tokens (four counters: load->compute, compute->load, compute->store,
     store->compute). SYNC waits until every queue and unit is empty, then counts in
@@ -41,6 +42,8 @@ class Core(wiring.Component):
         Buffer depths in words (at most 65536).
     max_rows : int
         Largest m of a GEMM (the engine's accumulator depth).
+    max_length, max_hidden : int
+        Longest softmax row and LayerNorm row (elements).
     dram_words : int
         External memory size in words (accesses beyond it raise ADDRESS).
     fp8 : bool
@@ -62,9 +65,9 @@ class Core(wiring.Component):
 
     def __init__(self, *, lanes=16, inp_words=16384, wgt_words=16384, out_words=16384,
                  max_rows=512, dram_words=1 << 24, fp8=True, queue_depth=32,
-                 shared_pe_module=False):
-        if lanes not in (2, 4, 8, 16, 32):
-            raise ValueError(f"lanes must be 2, 4, 8, 16 or 32, not {lanes!r}")
+                 max_length=512, max_hidden=1024, shared_pe_module=False):
+        if lanes not in (4, 8, 16, 32):
+            raise ValueError(f"lanes must be 4, 8, 16 or 32, not {lanes!r}")
         for name, value in (("inp_words", inp_words), ("wgt_words", wgt_words),
                             ("out_words", out_words)):
             if not 1 <= value <= 65536:
@@ -75,6 +78,8 @@ class Core(wiring.Component):
         self.dram_words = dram_words
         self.fp8 = bool(fp8)
         self.queue_depth = queue_depth
+        self.max_length = max_length
+        self.max_hidden = max_hidden
         self._shared_pe_module = shared_pe_module
         super().__init__({
             "insn": In(stream.Signature(Instruction)),
@@ -88,7 +93,8 @@ class Core(wiring.Component):
 
     def _compute_unit(self):
         return ComputeUnit(lanes=self.lanes, depths=self.depths, max_rows=self.max_rows,
-                           fp8=self.fp8, shared_pe_module=self._shared_pe_module)
+                           fp8=self.fp8, shared_pe_module=self._shared_pe_module,
+                           max_length=self.max_length, max_hidden=self.max_hidden)
 
     def verilog_modules(self):
         """``{name: component}`` of the Verilog modules the core instantiates."""
@@ -177,7 +183,8 @@ class Core(wiring.Component):
                 m.d.comb += target.eq(0)
             with m.Case(Opcode.STORE):
                 m.d.comb += target.eq(2)
-            with m.Case(Opcode.GEMM, Opcode.TABLE, Opcode.NOP):
+            with m.Case(Opcode.GEMM, Opcode.TABLE, Opcode.NOP, Opcode.SOFTMAX, Opcode.LAYERNORM,
+                        Opcode.ACTIVATION, Opcode.REQUANT):
                 m.d.comb += target.eq(1)
             with m.Default():
                 m.d.comb += target.eq(3)
@@ -251,6 +258,8 @@ class Core(wiring.Component):
             Register.WGT_WORDS: self.depths[Bank.WGT],
             Register.OUT_WORDS: self.depths[Bank.OUT],
             Register.MAX_ROWS: self.max_rows,
+            Register.MAX_LENGTH: self.max_length,
+            Register.MAX_HIDDEN: self.max_hidden,
         }
         m.d.comb += self.reg_data.eq(0)
         with m.Switch(self.reg_addr):

@@ -4,7 +4,6 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..activation import Activation, ActivationTableWrite
 from ..isa import Bank, PostOp
 from ..matmul.engine import result_row_layout
 from ..numerics.requantizer import Requantizer
@@ -32,7 +31,8 @@ class PostProcessor(wiring.Component):
     - ``REQUANT``: ``lanes`` requantizers (one per column) with tile j's parameters
       from ``params`` (one transfer per tile, taken after its last row), one word at
       ``out_base + r * out_stride + j``;
-    - ``REQUANT_ACT``: the same, then the activation table.
+    - ``REQUANT_ACT``: the same, then the activation table (an
+      :class:`~rtl.activation.Activation` outside, through ``act_i`` and ``act_o``).
 
     Configure while idle, pulse ``start``; ``done`` pulses after the last word is
     accepted on ``write``. ``engine_error`` pulses for a row the engine flagged,
@@ -53,7 +53,8 @@ class PostProcessor(wiring.Component):
             "n_tiles": In(16),
             "rows": In(stream.Signature(result_row_layout(lanes))),
             "params": In(stream.Signature(param_set_layout(lanes))),
-            "table": In(stream.Signature(ActivationTableWrite)),
+            "act_i": Out(stream.Signature(data.ArrayLayout(signed(8), lanes))),
+            "act_o": In(stream.Signature(data.ArrayLayout(signed(8), lanes))),
             "write": Out(stream.Signature(buffer_write_layout(word_bits))),
             "done": Out(1),
             "engine_error": Out(1),
@@ -134,8 +135,6 @@ class PostProcessor(wiring.Component):
             rq = Requantizer()
             m.submodules[f"requantizer_{c}"] = rq
             requantizers.append(rq)
-        m.submodules.activation = act = Activation(lanes=lanes)
-        wiring.connect(m, wiring.flipped(self.table), act.table)
         lead = requantizers[0]
         feed = ~raw & self.rows.valid & self.params.valid
         with m.If(~raw):
@@ -168,12 +167,12 @@ class PostProcessor(wiring.Component):
         with m.If(~raw):
             with m.If(activate):
                 m.d.comb += [
-                    act.i.valid.eq(rq_valid),
-                    act.i.payload.eq(values),
-                    rq_ready.eq(act.i.ready),
-                    self.write.valid.eq(act.o.valid),
-                    self.write.payload.data.eq(act.o.payload),
-                    act.o.ready.eq(self.write.ready),
+                    self.act_i.valid.eq(rq_valid),
+                    self.act_i.payload.eq(values),
+                    rq_ready.eq(self.act_i.ready),
+                    self.write.valid.eq(self.act_o.valid),
+                    self.write.payload.data.eq(self.act_o.payload),
+                    self.act_o.ready.eq(self.write.ready),
                 ]
             with m.Else():
                 m.d.comb += [

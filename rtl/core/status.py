@@ -9,7 +9,7 @@ __all__ = ["ErrorCode", "Counter", "Register", "COUNTER_BASE"]
 class ErrorCode(enum.IntEnum):
     """What the sticky error status says (register STATUS bits 7:4)."""
     NONE = 0
-    UNKNOWN_OPCODE = 1     # an opcode the core does not implement
+    UNKNOWN_OPCODE = 1     # an opcode the core does not implement (10..15)
     ADDRESS = 2            # an operand outside its buffer or outside external memory
     BAD_FIELD = 3          # a field out of its range (size 0 or too large, bad mode/bank/post op)
     TOKEN_OVERFLOW = 4     # a dependency token counter overflowed (more pushes than pops)
@@ -44,6 +44,8 @@ class Register(enum.IntEnum):
     WGT_WORDS = 5
     OUT_WORDS = 6
     MAX_ROWS = 7
+    MAX_LENGTH = 8    # longest softmax row
+    MAX_HIDDEN = 9    # longest LayerNorm row
 
 
 #: Register index of counter 0 (counter i is register COUNTER_BASE + i).
