@@ -282,6 +282,82 @@ class Accelerator:
                             table=None if table is None else (TableTarget.ACTIVATION, table))
         return out.view(np.int8)[:, :n]
 
+    def attention_head(self, q, k, v, *, score_params, softmax_table, out_params,
+                       length=None, causal=False):
+        """One attention head in one program, every intermediate on chip:
+
+        ``S = requantize(Q K^T)`` (INT8 scores), ``P = softmax(S)`` (UINT8, masked by
+        ``length`` valid keys and ``causal``), ``O = requantize(P V)`` (UINT8 x INT8 -> INT8).
+        ``q``, ``k``, ``v`` are INT8 (T x d); ``score_params`` and ``out_params`` are dicts
+        of per-tensor (or per-column) ``bias``, ``multiplier``, ``shift``, ``zero_point``.
+        K^T is never formed: the GEMM reads K through the weight transposer.
+        """
+        lanes = self.lanes
+        q, k, v = (self._int8_matrix(a, name) for a, name in ((q, "Q"), (k, "K"), (v, "V")))
+        t, d = q.shape
+        if k.shape != (t, d) or v.shape != (t, d):
+            raise ValueError(f"Q, K and V must all be T x d; got {q.shape}, {k.shape}, {v.shape}")
+        length = t if length is None else int(length)
+        if not 0 <= length <= t:
+            raise ValueError(f"length must lie in 0..{t}")
+        t_tiles, d_tiles = self._tiles(t), self._tiles(d)
+        t_pad = t_tiles * lanes
+        if t > self.max_rows or t_pad > self.max_length:
+            raise ValueError(f"T = {t} exceeds the core (max_rows {self.max_rows}, "
+                             f"softmax rows {self.max_length})")
+        table = np.asarray(softmax_table, dtype=np.int64)
+        if table.shape != (256,) or table.min() < 0 or table.max() > 0xFFFF:
+            raise ValueError("the softmax table must hold 256 values in 0..65535")
+        s_params = self._params(t_pad, **{"zero_point": 0, **score_params})
+        o_params = self._params(d, **{"zero_point": 0, **out_params})
+        pad = lambda a, rows, cols: self._padded(a.view(np.uint8), rows, cols, 0)
+        # External memory: Q (T x d_tiles words), K (T_pad x d_tiles), V (T_pad x d_tiles),
+        # parameters, softmax table words, O.
+        address = 0
+        regions = {}
+        for name, array in (("q", pad(q, t, d_tiles * lanes)), ("k", pad(k, t_pad, d_tiles * lanes)),
+                            ("v", pad(v, t_pad, d_tiles * lanes)), ("sp", s_params),
+                            ("op", o_params), ("table", self._table_words(TableTarget.SOFTMAX, table))):
+            regions[name] = address
+            address += self._write_words(address, array)
+        o_base = address
+        # On chip: INP = Q | S | P; WGT = softmax table | K | V | score params | out params.
+        q_at, s_at, p_at = 0, t * d_tiles, t * d_tiles + t * t_tiles
+        table_words = len(self._table_words(TableTarget.SOFTMAX, table)) // lanes
+        k_at = table_words
+        v_at = k_at + t_pad * d_tiles
+        sp_at = v_at + t_pad * d_tiles
+        op_at = sp_at + len(s_params) // lanes
+        if p_at + t * t_tiles > self.inp_words or op_at + len(o_params) // lanes > self.wgt_words:
+            raise ValueError("the head does not fit the on-chip buffers")
+        program = Program()
+        loads = [
+            program.load(bank=Bank.INP, sram_base=q_at, sram_stride=d_tiles, rows=t, cols=d_tiles,
+                         dram_base=regions["q"], dram_stride=d_tiles),
+            program.load(bank=Bank.WGT, sram_base=0, sram_stride=0, rows=1, cols=table_words,
+                         dram_base=regions["table"], dram_stride=0),
+            program.load(bank=Bank.WGT, sram_base=k_at, sram_stride=0, rows=1,
+                         cols=2 * t_pad * d_tiles + (len(s_params) + len(o_params)) // lanes,
+                         dram_base=regions["k"], dram_stride=0),
+        ]
+        program.table(deps=loads, target=TableTarget.SOFTMAX, base=0, count=256)
+        program.gemm(mode=MatmulMode.INT8, post=PostOp.REQUANT, transpose_w=1, out_bank=Bank.INP,
+                     m=t, k_tiles=d_tiles, n_tiles=t_tiles, a_base=q_at, a_stride=d_tiles,
+                     w_base=k_at, w_stride=d_tiles, out_base=s_at, out_stride=t_tiles,
+                     param_base=sp_at)
+        program.add(Opcode.SOFTMAX, dst_bank=Bank.INP, rows=t, words=t_tiles, src_base=s_at,
+                    src_stride=t_tiles, dst_base=p_at, dst_stride=t_tiles, length=length,
+                    causal=int(bool(causal)), row_start=0, offset=0)
+        pv = program.gemm(mode=MatmulMode.UINT8, post=PostOp.REQUANT, transpose_w=0,
+                          out_bank=Bank.OUT, m=t, k_tiles=t_tiles, n_tiles=d_tiles, a_base=p_at,
+                          a_stride=t_tiles, w_base=v_at, w_stride=d_tiles, out_base=0,
+                          out_stride=d_tiles, param_base=op_at)
+        program.store(deps=[pv], bank=Bank.OUT, sram_base=0, sram_stride=d_tiles, rows=t,
+                      cols=d_tiles, dram_base=o_base, dram_stride=d_tiles)
+        self.run(program, useful_macs=2 * t * t * d)
+        data = self.transport.read_memory(o_base, t * d_tiles)
+        return np.frombuffer(data, dtype=np.int8).reshape(t, d_tiles * lanes)[:, :d].copy()
+
     # -- Helpers --------------------------------------------------------------------------
 
     def _int8_matrix(self, x, name):

@@ -7,6 +7,10 @@ Subcommands so far:
 
 - ``jalapeno run OP ...``: one op on the accelerator (the RTL simulation), see
   :mod:`jalapeno.run_command`.
+- ``jalapeno build --board {ulx3s,icebreaker} [--frequency MHZ] [--out DIR]``: a
+  bitstream and ``report.json`` (fmax, resources), see :mod:`jalapeno.fpga_flow`.
+- ``jalapeno flash --board {ulx3s,icebreaker} [--bitstream FILE] [--persist]``:
+  program the board with openFPGALoader, see :mod:`jalapeno.flash`.
 """
 
 import argparse
@@ -50,6 +54,33 @@ def _verilog(args):
     return 0
 
 
+def _build(args):
+    from rtl.boards.pll import PLLError
+
+    from .fpga_flow import FPGAFlowError, build
+
+    try:
+        report = build(args.board, args.out, args.frequency, seed=args.seed)
+    except (FPGAFlowError, PLLError) as error:   # TimingError too: the report is written
+        print(f"jalapeno: {error}", file=sys.stderr)
+        return 1
+    print(f"{report['board']}: fmax {report['sync_fmax_mhz']:.2f} MHz at "
+          f"{report['pll_mhz']:.2f} MHz, {report['macs_per_cycle']} MACs/cycle, "
+          f"{report['gops']:.2f} GOPS; bitstream {report['bitstream']}")
+    return 0
+
+
+def _flash(args):
+    from .flash import FlashError, flash
+
+    try:
+        flash(args.board, args.bitstream, persist=args.persist)
+    except FlashError as error:
+        print(f"jalapeno: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="jalapeno", description="Jalapeño Transformer accelerator")
     parser.add_argument("--version", action="version", version=f"jalapeno {__version__}")
@@ -61,6 +92,20 @@ def build_parser():
     p.add_argument("--out", default="build/verilog", help="output folder (default: build/verilog)")
     p.set_defaults(func=_verilog)
     add_run_parser(sub)
+    boards = ("ulx3s", "icebreaker")
+    p = sub.add_parser("build", help="build a board's bitstream (Yosys, nextpnr) and report fmax")
+    p.add_argument("--board", required=True, choices=boards)
+    p.add_argument("--frequency", type=float, metavar="MHZ",
+                   help="sync clock to ask the PLL for (default: the board's)")
+    p.add_argument("--out", metavar="DIR", help="build folder (default: build/BOARD)")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default: 1)")
+    p.set_defaults(func=_build)
+    p = sub.add_parser("flash", help="program a board with openFPGALoader (builds if needed)")
+    p.add_argument("--board", required=True, choices=boards)
+    p.add_argument("--bitstream", metavar="FILE", help="default: build/BOARD/BOARD.bit|.bin")
+    p.add_argument("--persist", action="store_true",
+                   help="ULX3S: write the SPI flash instead of SRAM")
+    p.set_defaults(func=_flash)
     return parser
 
 

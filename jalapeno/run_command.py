@@ -98,8 +98,7 @@ def _write_outputs(args, result, stats):
 
 def _run_matmul(args):
     a, b, mode = _matmul_operands(args)
-    if not str(args.out).endswith(".npy"):
-        raise UsageError(f"--out {args.out}: the output must be a .npy file")
+    _out_path(args)
     transport, accelerator = _accelerator(args)
     with transport:
         result = accelerator.matmul(a, b, mode)
@@ -109,6 +108,97 @@ def _run_matmul(args):
     else:
         result = result.astype(np.int32)
     _write_outputs(args, result, stats)
+    return 0
+
+
+def _positive(value, name):
+    if not np.isfinite(value) or value <= 0:
+        raise UsageError(f"{name} must be a positive number, not {value}")
+    return float(value)
+
+
+def _out_path(args):
+    if not str(args.out).endswith(".npy"):
+        raise UsageError(f"--out {args.out}: the output must be a .npy file")
+
+
+def _run_softmax(args):
+    from sim.golden.softmax import exp_table
+    x = _matrix(_load(args.x, "--x"), "X")
+    _integers(x, "X", -128, 127)
+    scale = _positive(args.scale, "--scale")
+    lengths = None
+    if args.valid_len:
+        lengths = _load(args.valid_len, "--valid-len")
+        if lengths.ndim != 1 or len(lengths) != x.shape[0] or lengths.dtype.kind not in "iu":
+            raise UsageError(f"--valid-len must be {x.shape[0]} integers (one per row of X)")
+        if lengths.size and (lengths.min() < 0 or lengths.max() > x.shape[1]):
+            raise UsageError(f"--valid-len values must lie in 0..{x.shape[1]}")
+    _out_path(args)
+    transport, accelerator = _accelerator(args)
+    with transport:
+        result = accelerator.softmax(x.astype(np.int64), exp_table(scale), lengths=lengths,
+                                     causal=args.causal)
+        stats = dict(accelerator.last_stats or {})
+    _write_outputs(args, result.astype(np.uint8), stats)
+    return 0
+
+
+def _run_layernorm(args):
+    from sim.golden.layernorm import quantize_eps, quantize_params
+    x = _matrix(_load(args.x, "--x"), "X")
+    if x.dtype.kind not in "iu":
+        raise UsageError(f"X must hold int8 or int32 codes, not {x.dtype}")
+    in_scale = _positive(args.in_scale, "--in-scale")
+    out_scale = _positive(args.out_scale, "--out-scale")
+    n = x.shape[1]
+    gamma = _load(args.gamma, "--gamma")
+    beta = _load(args.beta, "--beta")
+    for name, p in (("gamma", gamma), ("beta", beta)):
+        if p.shape != (n,) or p.dtype.kind != "f":
+            raise UsageError(f"--{name} must be {n} floats (one per column of X)")
+    if not args.eps >= 0:
+        raise UsageError("--eps must be >= 0")
+    _out_path(args)
+    try:
+        gamma_q, beta_q, gamma_frac = quantize_params(gamma, beta, out_scale)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    transport, accelerator = _accelerator(args)
+    with transport:
+        codes = x.astype(np.int64)
+        cycles = 0
+        if x.dtype.itemsize > 1 or codes.min(initial=0) < -128 or codes.max(initial=0) > 127:
+            # Wider input: requantize to INT8 on the core first, at the scale that fits its range.
+            from sim.golden.requantizer import quantize_multiplier
+            if codes.min(initial=0) < -(1 << 31) or codes.max(initial=0) >= 1 << 31:
+                raise UsageError("X must fit int32")
+            peak = max(int(np.abs(codes).max(initial=0)), 1)
+            int8_scale = in_scale * peak / 127
+            multiplier, shift = quantize_multiplier(in_scale / int8_scale)
+            codes = accelerator.requantize(codes, bias=0, multiplier=multiplier, shift=shift)
+            cycles = accelerator.last_stats["cycles"]
+            in_scale = int8_scale
+        eps_q = quantize_eps(args.eps, in_scale, n)
+        result = accelerator.layernorm(codes, gamma_q, beta_q, gamma_frac, eps_q, rms=args.rms)
+        stats = dict(accelerator.last_stats or {})
+        stats["cycles"] += cycles
+    _write_outputs(args, result.astype(np.int8), stats)
+    return 0
+
+
+def _run_gelu(args):
+    from sim.golden.activation import build_table, gelu
+    x = _matrix(_load(args.x, "--x"), "X")
+    _integers(x, "X", -128, 127)
+    table = build_table(gelu, _positive(args.in_scale, "--in-scale"),
+                        _positive(args.out_scale, "--out-scale"))
+    _out_path(args)
+    transport, accelerator = _accelerator(args)
+    with transport:
+        result = accelerator.activation(x.astype(np.int64), table)
+        stats = dict(accelerator.last_stats or {})
+    _write_outputs(args, result.astype(np.int8), stats)
     return 0
 
 
@@ -145,4 +235,30 @@ def add_run_parser(sub):
                         "values exactly representable in the format")
     common(p)
     p.set_defaults(run_func=_run_matmul)
+
+    p = ops.add_parser("softmax", help="row softmax of int8 scores -> uint8 (scale 1/256)")
+    p.add_argument("--x", required=True, help="X, int8 scores, rows x T (.npy)")
+    p.add_argument("--scale", required=True, type=float, help="real value of one score step")
+    p.add_argument("--valid-len", help="per-row valid lengths (.npy, one integer per row)")
+    p.add_argument("--causal", action="store_true", help="mask element j of row r when j > r")
+    common(p)
+    p.set_defaults(run_func=_run_softmax)
+
+    p = ops.add_parser("layernorm", help="LayerNorm/RMSNorm of int8 or int32 rows -> int8")
+    p.add_argument("--x", required=True, help="X, int8 or int32 codes, rows x N (.npy)")
+    p.add_argument("--in-scale", required=True, type=float, help="real value of one step of X")
+    p.add_argument("--gamma", required=True, help="gamma, N floats (.npy)")
+    p.add_argument("--beta", required=True, help="beta, N floats (.npy)")
+    p.add_argument("--out-scale", required=True, type=float, help="real value of one step of Y")
+    p.add_argument("--eps", type=float, default=1e-12, help="epsilon (default 1e-12, BERT's)")
+    p.add_argument("--rms", action="store_true", help="RMSNorm instead of LayerNorm")
+    common(p)
+    p.set_defaults(run_func=_run_layernorm)
+
+    p = ops.add_parser("gelu", help="GELU (erf) of int8 codes -> int8")
+    p.add_argument("--x", required=True, help="X, int8 codes (.npy)")
+    p.add_argument("--in-scale", required=True, type=float)
+    p.add_argument("--out-scale", required=True, type=float)
+    common(p)
+    p.set_defaults(run_func=_run_gelu)
     return run

@@ -281,3 +281,24 @@ def test_host_side_validation(accelerator):
         accelerator.matmul(np.zeros(3, int), np.zeros((3, 2), int), 0)
     with pytest.raises(ValueError, match="too large for the weight buffer"):
         accelerator.matmul(np.zeros((1, 4096), int), np.zeros((4096, 1), int), 0)
+
+
+@pytest.mark.parametrize("t, d, length, causal", [
+    (37, 8, 30, False), (16, 6, None, True), (64, 32, 50, False), (128, 4, 128, True)])
+def test_attention_head_program(accelerator, t, d, length, causal):
+    """Q K^T (through the weight transposer), requantize, softmax, P V (UINT8 x INT8),
+    requantize: one program, every intermediate on chip, vs the composed golden models."""
+    from sim.golden.attention import attention_head
+    from sim.golden.requantizer import quantize_multiplier
+    rng = np.random.default_rng(t + d)
+    q, k, v = (random_codes(rng, (t, d), 0).astype(np.uint8).view(np.int8) for _ in range(3))
+    score_m, score_s = quantize_multiplier(0.5 / (128 * np.sqrt(d)))
+    out_m, out_s = quantize_multiplier(0.9 / 256)
+    kwargs = dict(score_params=dict(bias=0, multiplier=score_m, shift=score_s),
+                  softmax_table=golden_softmax.exp_table(0.08),
+                  out_params=dict(bias=3, multiplier=out_m, shift=out_s),
+                  length=length, causal=causal)
+    got = accelerator.attention_head(q, k, v, **kwargs)
+    expected = attention_head(q, k, v, **kwargs)
+    assert np.array_equal(got, expected)
+    assert np.count_nonzero(expected) > expected.size // 4   # not a trivially zero case

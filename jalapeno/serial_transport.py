@@ -1,0 +1,164 @@
+"""The host side of the board link: framed requests over a serial port (pyserial).
+
+The protocol is specified in ``docs/link.md``; frames are built and parsed by
+:mod:`sim.golden.link_frame`, the same code the hardware is verified against.
+Requests are stop-and-wait: each one is sent and its response awaited before the
+next, which is what the bridge (``rtl/link/bridge.py``) requires on a UART.
+"""
+
+import serial
+
+from sim.golden import link_frame as lf
+from sim.golden.link_frame import Status
+
+
+__all__ = ["LinkError", "SerialTransport"]
+
+
+class LinkError(Exception):
+    """A request failed: an error status, no (or a truncated) response, or a bad response.
+
+    Attributes
+    ----------
+    status : Status or None
+        The device's status code, if it answered with one.
+    """
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+class SerialTransport:
+    """Read and write the accelerator's memory and registers, push instructions.
+
+    Parameters
+    ----------
+    port : str
+        Serial device (``/dev/ttyUSB1``, a pty's path, ...).
+    baudrate : int
+        Line rate; the board's clock divided by the bridge's ``divisor``.
+    timeout : float
+        Seconds to wait for the bytes of a response before raising :class:`LinkError`.
+    word_bytes : int
+        The bridge's memory word size.
+    max_payload : int
+        The bridge's ``max_payload``: large transfers are split into frames that fit it.
+
+    No request is retried: a PUSH_INSN whose response was lost may have executed,
+    and pushing it again would run the instructions twice.
+    """
+
+    def __init__(self, port, baudrate=3_000_000, timeout=1.0, word_bytes=lf.DEFAULT_WORD_BYTES,
+                 max_payload=lf.DEFAULT_MAX_PAYLOAD):
+        if word_bytes < 1 or word_bytes & (word_bytes - 1):
+            raise ValueError(f"Word size must be a power of two, not {word_bytes!r}")
+        if max_payload < max(4 + word_bytes, lf.INSN_BYTES):
+            raise ValueError(f"Maximum payload {max_payload} cannot hold one word and its "
+                             f"address")
+        self.word_bytes = word_bytes
+        self.max_payload = max_payload
+        self.timeout = timeout
+        self._serial = serial.Serial(port, baudrate=baudrate, timeout=timeout)
+
+    def close(self):
+        self._serial.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- one request ---------------------------------------------------------------------------
+
+    def _transact(self, frame, what):
+        """Send one request frame; return its response payload, or raise :class:`LinkError`."""
+        port = self._serial
+        port.reset_input_buffer()  # nothing stale (a late response) may pass for the answer
+        port.write(frame)
+        port.flush()
+        try:
+            response = lf.ResponseParser().read(port.read)
+        except lf.TruncatedFrameError as error:
+            raise LinkError(f"{what}: no complete response within {self.timeout} s ({error})")
+        except lf.FrameError as error:
+            raise LinkError(f"{what}: undecodable response ({error})")
+        if response.status != Status.OK:
+            raise LinkError(f"{what}: the device answered {response.status_name} "
+                            f"(status {response.status})",
+                            status=Status(response.status) if response.status in
+                            Status._value2member_map_ else None)
+        return response.payload
+
+    def _expect_length(self, payload, length, what):
+        if len(payload) != length:
+            raise LinkError(f"{what}: response has {len(payload)} payload bytes, "
+                            f"expected {length}")
+        return payload
+
+    # --- operations ----------------------------------------------------------------------------
+
+    def ping(self, payload=b""):
+        """Send ``payload`` and check that it comes back unchanged; returns it."""
+        payload = bytes(payload)
+        if len(payload) > self.max_payload:
+            raise ValueError(f"A PING carries at most {self.max_payload} bytes")
+        echo = self._transact(lf.ping(payload), "PING")
+        if echo != payload:
+            raise LinkError(f"PING: the echo differs from the {len(payload)} bytes sent")
+        return echo
+
+    def write_memory(self, address_words, data):
+        """Write ``data`` (whole words) from word ``address_words`` on."""
+        data = bytes(data)
+        wb = self.word_bytes
+        if len(data) % wb or not data:
+            raise ValueError(f"Data must be a positive multiple of {wb} bytes, "
+                             f"not {len(data)}")
+        per_frame = lf.max_write_words(wb, self.max_payload)
+        words = len(data) // wb
+        for first in range(0, words, per_frame):
+            count = min(per_frame, words - first)
+            address = address_words + first
+            self._transact(lf.write_mem(address, data[first * wb:(first + count) * wb]),
+                           f"WRITE_MEM of {count} words at word {address}")
+
+    def read_memory(self, address_words, words):
+        """Read ``words`` words from word ``address_words`` on; returns their bytes."""
+        if words < 1:
+            raise ValueError(f"Word count must be positive, not {words!r}")
+        wb = self.word_bytes
+        per_frame = lf.max_read_words(wb, self.max_payload)
+        out = bytearray()
+        for first in range(0, words, per_frame):
+            count = min(per_frame, words - first)
+            address = address_words + first
+            what = f"READ_MEM of {count} words at word {address}"
+            out += self._expect_length(self._transact(lf.read_mem(address, count), what),
+                                       count * wb, what)
+        return bytes(out)
+
+    def push_instructions(self, words):
+        """Push 128-bit instructions: ``words`` is N * 16 bytes, each 16 little-endian."""
+        words = bytes(words)
+        size = lf.INSN_BYTES
+        if len(words) % size or not words:
+            raise ValueError(f"Instructions must be a positive multiple of {size} bytes, "
+                             f"not {len(words)}")
+        per_frame = lf.max_insn_words(self.max_payload)
+        count = len(words) // size
+        for first in range(0, count, per_frame):
+            n = min(per_frame, count - first)
+            self._transact(lf.push_insn(words[first * size:(first + n) * size]),
+                           f"PUSH_INSN of {n} instructions")
+
+    def read_register(self, index):
+        """The u32 value of register ``index``."""
+        what = f"READ_REG {index}"
+        payload = self._expect_length(self._transact(lf.read_reg(index), what), 4, what)
+        return int.from_bytes(payload, "little")
+
+    def write_register(self, index, value):
+        """Set register ``index`` to the u32 ``value``."""
+        self._transact(lf.write_reg(index, value), f"WRITE_REG {index}")
