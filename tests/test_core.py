@@ -284,7 +284,7 @@ def test_host_side_validation(accelerator):
 
 
 @pytest.mark.parametrize("t, d, length, causal", [
-    (37, 8, 30, False), (16, 6, None, True), (64, 32, 50, False), (128, 4, 128, True)])
+    (37, 8, 30, False), (16, 6, None, True), (64, 32, 50, False), (60, 12, 60, True)])
 def test_attention_head_program(accelerator, t, d, length, causal):
     """Q K^T (through the weight transposer), requantize, softmax, P V (UINT8 x INT8),
     requantize: one program, every intermediate on chip, vs the composed golden models."""
@@ -302,3 +302,11 @@ def test_attention_head_program(accelerator, t, d, length, causal):
     expected = attention_head(q, k, v, **kwargs)
     assert np.array_equal(got, expected)
     assert np.count_nonzero(expected) > expected.size // 4   # not a trivially zero case
+
+
+def test_attention_head_too_large_for_the_buffers_is_a_clear_error(accelerator):
+    x = np.zeros((128, 4), dtype=np.int8)
+    with pytest.raises(ValueError, match="does not fit the on-chip buffers"):
+        accelerator.attention_head(x, x, x, score_params=dict(bias=0, multiplier=1 << 30, shift=0),
+                                   softmax_table=golden_softmax.exp_table(0.1),
+                                   out_params=dict(bias=0, multiplier=1 << 30, shift=0))
