@@ -82,6 +82,12 @@ class Accelerator:
             stats["mac_utilization"] = useful_macs / (cycles * self.lanes * self.lanes)
         stats["array_busy"] = stats["mac_cycles"] / max(stats["cycles"], 1)
         self.last_stats = stats
+        self.check_outcome(result)
+        return stats
+
+    def check_outcome(self, result, allow_timeout=False):
+        """Raise :class:`DeviceError` (after a soft reset) unless ``result`` is a success
+        (or, with ``allow_timeout``, the cycle budget ran out)."""
         if result.outcome == RunOutcome.ERROR:
             status = self.transport.read_register(Register.STATUS)
             unit = self.transport.read_register(Register.ERROR_UNIT)
@@ -93,10 +99,9 @@ class Accelerator:
             self.transport.soft_reset()
             raise DeviceError("the program deadlocked: units wait for dependency tokens that "
                               "no instruction will push")
-        if result.outcome == RunOutcome.TIMEOUT:
+        if result.outcome == RunOutcome.TIMEOUT and not allow_timeout:
             self.transport.soft_reset()
             raise DeviceError(f"the program did not finish within {self.MAX_CYCLES} cycles")
-        return stats
 
     # -- Memory ---------------------------------------------------------------------------
 

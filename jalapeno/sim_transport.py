@@ -90,12 +90,36 @@ class SimTransport(Transport):
         self._send(b"G" + struct.pack("<I", index))
         return struct.unpack("<I", self._receive(4))[0]
 
+    def write_register(self, index, value):
+        self._send(b"P" + struct.pack("<II", index, value & 0xFFFFFFFF))
+        self._ok()
+
+    def submit_requests(self, words):
+        words = list(words)
+        self._send(b"B" + struct.pack("<I", len(words))
+                   + b"".join(int(w).to_bytes(16, "little") for w in words))
+        self._ok()
+
+    def complete_batches(self, tags):
+        tags = list(tags)
+        self._send(b"F" + struct.pack("<I", len(tags)) + b"".join(struct.pack("<I", t) for t in tags))
+        self._ok()
+
+    def read_events(self):
+        self._send(b"E")
+        (n,) = struct.unpack("<I", self._receive(4))
+        responses = list(struct.unpack(f"<{n}I", self._receive(4 * n))) if n else []
+        (n,) = struct.unpack("<I", self._receive(4))
+        data = self._receive(32 * n)
+        words = [int.from_bytes(data[32 * i:32 * i + 32], "little") for i in range(n)]
+        return responses, words
+
     def soft_reset(self):
         self._send(b"S")
         self._ok()
 
-    def run(self, max_cycles):
-        self._send(b"X" + struct.pack("<QQ", max_cycles, self.STALL_LIMIT))
+    def run(self, max_cycles, until_batch=False):
+        self._send(b"X" + struct.pack("<QQB", max_cycles, self.STALL_LIMIT, int(until_batch)))
         outcome, cycles = struct.unpack("<BQ", self._receive(9))
         self.cycles += cycles
         return RunResult(RunOutcome(outcome), cycles)

@@ -23,6 +23,7 @@ class RunOutcome(enum.IntEnum):
     ERROR = 1      # the core raised its error status
     BLOCKED = 2    # units wait on dependency tokens that nothing will push (a bad program)
     TIMEOUT = 3    # the cycle or time budget ran out
+    BATCH = 4      # the scheduler formed a batch (run(until_batch=True))
 
 
 @dataclass
@@ -55,8 +56,25 @@ class Transport(abc.ABC):
         """Clear the core's state and error (buffer contents stay)."""
 
     @abc.abstractmethod
-    def run(self, max_cycles):
-        """Let the core run until it is idle with nothing queued, or fails; a RunResult."""
+    def run(self, max_cycles, until_batch=False):
+        """Let the core run until it is idle with nothing queued (or, ``until_batch``, until
+        the scheduler sends a batch word), fails, or ``max_cycles`` pass; a RunResult."""
+
+    def write_register(self, index, value):
+        """Write a writable core register (the scheduler's configuration)."""
+        raise NotImplementedError
+
+    def submit_requests(self, words):
+        """Queue scheduler requests (``SchedulerRequest`` bit patterns, ints)."""
+        raise NotImplementedError
+
+    def complete_batches(self, tags):
+        """Report batches done (their in-flight tags)."""
+        raise NotImplementedError
+
+    def read_events(self):
+        """``(responses, batch_words)`` the scheduler sent since the last call (ints)."""
+        raise NotImplementedError
 
     def close(self):
         pass

@@ -41,6 +41,8 @@ class CoreConfig:
     queue_depth: int = 32
     max_length: int = 512
     max_hidden: int = 1024
+    sched_queue_depth: int = 32
+    sched_inflight: int = 4
 
     def core(self):
         from rtl.core import Core
@@ -52,7 +54,8 @@ class CoreConfig:
 PRESETS = {
     "full": CoreConfig(),
     "small": CoreConfig(lanes=4, inp_words=4096, wgt_words=4096, out_words=4096, max_rows=128,
-                        dram_words=1 << 18, queue_depth=8, max_length=128, max_hidden=256),
+                        dram_words=1 << 18, queue_depth=8, max_length=128, max_hidden=256,
+                        sched_queue_depth=16),
 }
 
 

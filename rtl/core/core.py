@@ -7,6 +7,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..isa import Bank, Instruction, Opcode
+from ..scheduler import Scheduler, SchedulerRequest, SchedulerResponse, batch_word_layout
 from .compute_unit import ComputeUnit, shared_pe_modules
 from .load_unit import LoadUnit
 from .memory_port import memory_port_signature
@@ -57,15 +58,22 @@ class Core(wiring.Component):
     -------
     insn : In(stream.Signature(Instruction))
     mem : Out(memory_port_signature(8 * lanes))
-    reg_addr : In(8); reg_data : Out(32)
-        Combinational register read (``rtl.core.status.Register`` and the counters).
+    reg_addr : In(8); reg_data : Out(32); reg_wdata : In(32); reg_we : In(1)
+        Combinational register read (``rtl.core.status.Register`` and the counters);
+        a write (``reg_we``) to the scheduler's configuration registers.
+    req, resp, batch, done
+        The dynamic-batching scheduler in front of the core (:class:`rtl.scheduler.Scheduler`):
+        the host submits requests on ``req`` (answered on ``resp``), reads each batch the
+        scheduler forms on ``batch``, runs the batch's program on the core and reports
+        the batch's tag on ``done`` (``docs/core.md``, "Serving").
     soft_reset : In(1)
     idle, error : Out(1)
     """
 
     def __init__(self, *, lanes=16, inp_words=16384, wgt_words=16384, out_words=16384,
                  max_rows=512, dram_words=1 << 24, fp8=True, queue_depth=32,
-                 max_length=512, max_hidden=1024, shared_pe_module=False):
+                 max_length=512, max_hidden=1024, sched_queue_depth=32, sched_inflight=4,
+                 shared_pe_module=False):
         if lanes not in (4, 8, 16, 32):
             raise ValueError(f"lanes must be 4, 8, 16 or 32, not {lanes!r}")
         for name, value in (("inp_words", inp_words), ("wgt_words", wgt_words),
@@ -80,12 +88,20 @@ class Core(wiring.Component):
         self.queue_depth = queue_depth
         self.max_length = max_length
         self.max_hidden = max_hidden
+        self.sched_queue_depth = sched_queue_depth
+        self.sched_inflight = sched_inflight
         self._shared_pe_module = shared_pe_module
         super().__init__({
             "insn": In(stream.Signature(Instruction)),
             "mem": Out(memory_port_signature(8 * lanes)),
             "reg_addr": In(8),
             "reg_data": Out(32),
+            "reg_wdata": In(32),
+            "reg_we": In(1),
+            "req": In(stream.Signature(SchedulerRequest)),
+            "resp": Out(stream.Signature(SchedulerResponse)),
+            "batch": Out(stream.Signature(batch_word_layout(sched_queue_depth, sched_inflight))),
+            "done": In(stream.Signature(range(sched_inflight))),
             "soft_reset": In(1),
             "idle": Out(1),
             "error": Out(1),
@@ -248,6 +264,25 @@ class Core(wiring.Component):
         for counter, increment in increments.items():
             m.d.sync += counters[counter].eq(counters[counter] + increment)
 
+        # -- Scheduler -----------------------------------------------------------------------
+        m.submodules.scheduler = scheduler = Scheduler(queue_depth=self.sched_queue_depth,
+                                                       max_inflight=self.sched_inflight)
+        wiring.connect(m, wiring.flipped(self.req), scheduler.req)
+        wiring.connect(m, scheduler.resp, wiring.flipped(self.resp))
+        wiring.connect(m, scheduler.batch, wiring.flipped(self.batch))
+        wiring.connect(m, wiring.flipped(self.done), scheduler.done)
+        config = {
+            Register.SCHED_MAX_BATCH_ROWS: (scheduler.max_batch_rows, 64),
+            Register.SCHED_MAX_WAIT_CYCLES: (scheduler.max_wait_cycles, 1000),
+            Register.SCHED_WORK_CONSERVING: (scheduler.work_conserving, 0),
+            Register.SCHED_AGING_CYCLES: (scheduler.aging_cycles, 1000),
+        }
+        for register, (port, initial) in config.items():
+            value = Signal(len(port), name=register.name.lower(), init=initial)
+            m.d.comb += port.eq(value)
+            with m.If(self.reg_we & (self.reg_addr == register)):
+                m.d.sync += value.eq(self.reg_wdata)
+
         # -- Registers -----------------------------------------------------------------------
         registers = {
             Register.STATUS: idle | (error_latched << 1) | (error_code << 4) | (blocked << 8),
@@ -260,6 +295,19 @@ class Core(wiring.Component):
             Register.MAX_ROWS: self.max_rows,
             Register.MAX_LENGTH: self.max_length,
             Register.MAX_HIDDEN: self.max_hidden,
+            Register.SCHED_MAX_BATCH_ROWS: scheduler.max_batch_rows,
+            Register.SCHED_MAX_WAIT_CYCLES: scheduler.max_wait_cycles,
+            Register.SCHED_WORK_CONSERVING: scheduler.work_conserving,
+            Register.SCHED_AGING_CYCLES: scheduler.aging_cycles,
+            Register.SCHED_NOW: scheduler.now,
+            Register.SCHED_ACCEPTED: scheduler.accepted,
+            Register.SCHED_REJECTED: scheduler.rejected,
+            Register.SCHED_TIMED_OUT: scheduler.timed_out,
+            Register.SCHED_BATCHES: scheduler.batches,
+            Register.SCHED_BATCHED_ROWS: scheduler.batched_rows,
+            Register.SCHED_MAX_WAIT: scheduler.max_wait,
+            Register.SCHED_WAITING: scheduler.waiting,
+            Register.SCHED_BAD_DONE: scheduler.bad_done,
         }
         m.d.comb += self.reg_data.eq(0)
         with m.Switch(self.reg_addr):

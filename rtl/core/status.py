@@ -35,7 +35,7 @@ class Counter(enum.IntEnum):
 
 
 class Register(enum.IntEnum):
-    """Registers read on the core's register port (32 bits each)."""
+    """Registers on the core's register port (32 bits each; SCHED_* configuration is writable)."""
     STATUS = 0        # bit 0 idle, bit 1 error, bits 7:4 ErrorCode, bit 8 blocked
     ERROR_UNIT = 1    # the unit that raised the error: 0 dispatcher, 1 load, 2 compute, 3 store
     LANES = 2         # array size N: rows = cols = lanes, word = lanes bytes
@@ -46,6 +46,21 @@ class Register(enum.IntEnum):
     MAX_ROWS = 7
     MAX_LENGTH = 8    # longest softmax row
     MAX_HIDDEN = 9    # longest LayerNorm row
+    # The scheduler in front of the core: configuration (read and write) ...
+    SCHED_MAX_BATCH_ROWS = 10
+    SCHED_MAX_WAIT_CYCLES = 11
+    SCHED_WORK_CONSERVING = 12
+    SCHED_AGING_CYCLES = 13
+    # ... and state (read only).
+    SCHED_NOW = 40
+    SCHED_ACCEPTED = 41
+    SCHED_REJECTED = 42
+    SCHED_TIMED_OUT = 43
+    SCHED_BATCHES = 44
+    SCHED_BATCHED_ROWS = 45
+    SCHED_MAX_WAIT = 46
+    SCHED_WAITING = 47
+    SCHED_BAD_DONE = 48
 
 
 #: Register index of counter 0 (counter i is register COUNTER_BASE + i).

@@ -13,8 +13,15 @@
 //   'I' u32 count <count * 32 bytes>            queue instructions         -> 'K'
 //   'G' u32 register                            read a core register       -> u32
 //   'S'                                         soft reset (one cycle)     -> 'K'
-//   'X' u64 max_cycles u64 stall_limit          run until idle with no queued instruction
-//        -> u8 reason (0 idle, 1 error, 2 blocked: no progress for stall_limit cycles, 3 max_cycles)
+//   'P' u32 register u32 value                  write a core register      -> 'K'
+//   'B' u32 count <count * 16 bytes>            queue scheduler requests   -> 'K'
+//   'F' u32 count <count * u32>                 queue batch-done tags      -> 'K'
+//   'E'                                         collected scheduler output -> u32 n, n * u32 responses,
+//                                                                             u32 m, m * 32-byte batch words
+//   'X' u64 max_cycles u64 stall_limit u8 mode  run: mode 0 until idle with nothing queued,
+//                                               mode 1 until a batch word arrives
+//        -> u8 reason (0 idle, 1 error, 2 blocked: no progress for stall_limit cycles, 3 max_cycles,
+//                      4 a batch word arrived)
 //           u64 cycles run
 //   'Q'                                         quit                       -> 'K'
 #include <cstdint>
@@ -68,6 +75,9 @@ struct Harness {
     std::deque<Burst> reads, writes, acks;
     uint64_t next_read_beat = 0, next_write_beat = 0, now = 0;
     std::deque<std::vector<uint32_t>> instructions;   // 8 u32 each
+    std::deque<std::vector<uint32_t>> requests;       // 4 u32 each
+    std::deque<uint32_t> done_tags, responses;
+    std::deque<std::vector<uint32_t>> batch_words;    // 8 u32 each
 
     Harness(int argc, char **argv) {
         context = std::make_unique<VerilatedContext>();
@@ -90,7 +100,8 @@ struct Harness {
         top->clk = 0; top->rst = 1; top->soft_reset = 0; top->insn___05Fvalid = 0;
         top->mem___05Frd_req___05Fready = 0; top->mem___05Frd_data___05Fvalid = 0; top->mem___05Fwr_req___05Fready = 0;
         top->mem___05Fwr_data___05Fready = 0; top->mem___05Fwr_ack___05Fvalid = 0; top->mem___05Fwr_ack___05Fpayload = 0;
-        top->reg_addr = 0;
+        top->reg_addr = 0; top->reg_we = 0; top->reg_wdata = 0;
+        top->req___05Fvalid = 0; top->done___05Fvalid = 0; top->resp___05Fready = 1; top->batch___05Fready = 1;
         for (int i = 0; i < 4; ++i) cycle();
         top->rst = 0;
         top->eval();
@@ -116,6 +127,13 @@ struct Harness {
         top->mem___05Fwr_data___05Fready = !writes.empty() && next_write_beat <= now;
         bool ack = !acks.empty() && acks.front().ready_at <= now;
         top->mem___05Fwr_ack___05Fvalid = ack;
+        // Scheduler: requests and done tags from the host; responses and batch words collected.
+        top->req___05Fvalid = !requests.empty();
+        if (!requests.empty()) set_sig(top->req___05Fpayload, requests.front().data());
+        top->done___05Fvalid = !done_tags.empty();
+        if (!done_tags.empty()) top->done___05Fpayload = done_tags.front();
+        top->resp___05Fready = 1;
+        top->batch___05Fready = 1;
         top->clk = 0;
         top->eval();
         bool insn_fire = top->insn___05Fvalid && top->insn___05Fready;
@@ -125,11 +143,17 @@ struct Harness {
         bool wr_data_fire = top->mem___05Fwr_data___05Fvalid && top->mem___05Fwr_data___05Fready;
         bool ack_fire = ack && top->mem___05Fwr_ack___05Fready;
         uint64_t rd_req = top->mem___05Frd_req___05Fpayload, wr_req = top->mem___05Fwr_req___05Fpayload;
+        bool req_fire = top->req___05Fvalid && top->req___05Fready;
+        bool done_fire = top->done___05Fvalid && top->done___05Fready;
+        if (top->resp___05Fvalid) { uint32_t r[2] = {0}; get_sig(top->resp___05Fpayload, r); responses.push_back(r[0]); }
+        if (top->batch___05Fvalid) { std::vector<uint32_t> w(8, 0); get_sig(top->batch___05Fpayload, w.data()); batch_words.push_back(std::move(w)); }
         uint32_t wr_data[16] = {0};
         if (wr_data_fire) get_sig(top->mem___05Fwr_data___05Fpayload, wr_data);
         top->clk = 1;
         top->eval();
         if (insn_fire) instructions.pop_front();
+        if (req_fire) requests.pop_front();
+        if (done_fire) done_tags.pop_front();
         if (rd_req_fire) {
             Burst b{rd_req & 0xFFFFFFFFu, (rd_req >> 32) & 0xFFFF, 0, now + read_latency};
             reads.push_back(b);
@@ -147,6 +171,12 @@ struct Harness {
         }
         if (ack_fire) acks.pop_front();
         ++now;
+    }
+
+    void write_reg(uint32_t index, uint32_t value) {
+        top->reg_addr = index; top->reg_wdata = value; top->reg_we = 1;
+        cycle();
+        top->reg_we = 0;
     }
 
     uint32_t reg(uint32_t index) {
@@ -192,24 +222,61 @@ struct Harness {
                 write_exact(&value, 4);
                 break;
             }
+            case 'P': {
+                uint32_t index = read_value<uint32_t>(), value = read_value<uint32_t>();
+                write_reg(index, value);
+                write_exact("K", 1);
+                break;
+            }
+            case 'B': {
+                uint32_t count = read_value<uint32_t>();
+                for (uint32_t i = 0; i < count; ++i) {
+                    std::vector<uint32_t> request(4);
+                    read_exact(request.data(), 16);
+                    requests.push_back(std::move(request));
+                }
+                write_exact("K", 1);
+                break;
+            }
+            case 'F': {
+                uint32_t count = read_value<uint32_t>();
+                for (uint32_t i = 0; i < count; ++i) done_tags.push_back(read_value<uint32_t>());
+                write_exact("K", 1);
+                break;
+            }
+            case 'E': {
+                uint32_t n = static_cast<uint32_t>(responses.size());
+                write_exact(&n, 4);
+                for (uint32_t r : responses) write_exact(&r, 4);
+                responses.clear();
+                n = static_cast<uint32_t>(batch_words.size());
+                write_exact(&n, 4);
+                for (auto &w : batch_words) write_exact(w.data(), 32);
+                batch_words.clear();
+                break;
+            }
             case 'S': {
                 top->soft_reset = 1; cycle(); top->soft_reset = 0;
                 instructions.clear(); reads.clear(); writes.clear(); acks.clear();
+                requests.clear(); done_tags.clear(); responses.clear(); batch_words.clear();
                 write_exact("K", 1);
                 break;
             }
             case 'X': {
                 uint64_t max_cycles = read_value<uint64_t>(), stall_limit = read_value<uint64_t>();
+                uint8_t mode = read_value<uint8_t>();
                 uint64_t start = now, quiet = 0;
                 uint8_t reason = 3;
                 uint32_t last_progress = progress();
                 while (now - start < max_cycles) {
                     if (top->error) { reason = 1; break; }
-                    if (top->idle && instructions.empty() && reads.empty() && writes.empty() && acks.empty()) { reason = 0; break; }
+                    if (mode == 1 && !batch_words.empty()) { reason = 4; break; }
+                    if (mode == 0 && top->idle && instructions.empty() && reads.empty() && writes.empty()
+                        && acks.empty() && requests.empty() && done_tags.empty()) { reason = 0; break; }
                     if (((now - start) & 1023) == 1023) {
                         // Blocked: units wait on tokens, none runs, and no counter moved since the last look.
                         uint32_t p = progress();
-                        bool blocked = (reg(0) & 0x100) && instructions.empty();
+                        bool blocked = mode == 0 && (reg(0) & 0x100) && instructions.empty();
                         quiet = (blocked && p == last_progress) ? quiet + 1024 : 0;
                         last_progress = p;
                         if (quiet >= stall_limit) { reason = 2; break; }
