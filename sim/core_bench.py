@@ -1,4 +1,5 @@
-"""Core benchmarks on the full (16 x 16) core model: MiniLM's FFN up-projection as a linear layer."""
+"""Core benchmarks on the full (16 x 16) core model: MiniLM's FFN up-projection as a linear
+layer, and one attention head (sequence 128, head size 32)."""
 
 import time
 
@@ -39,3 +40,22 @@ def bench_core(results, progress=print):
     results["core.linear_cycles"] = stats["cycles"]
     results["core.linear_wait_load_cycles"] = stats["compute_wait_load"]
     results["core.sim_cycles_per_s"] = round(stats["cycles"] / seconds)
+
+    # One attention head of MiniLM: sequence 128, head size 32, as one program.
+    from .golden.attention import attention_head
+    from .golden.requantizer import quantize_multiplier
+    from .golden.softmax import exp_table
+    t, d = 128, 32
+    q, k, v = (rng.integers(-128, 128, (t, d)) for _ in range(3))
+    score_m, score_s = quantize_multiplier(0.5 / (128 * np.sqrt(d)))
+    out_m, out_s = quantize_multiplier(0.9 / 256)
+    kwargs = dict(score_params=dict(bias=0, multiplier=score_m, shift=score_s),
+                  softmax_table=exp_table(0.08), out_params=dict(bias=0, multiplier=out_m, shift=out_s))
+    with SimTransport(PRESETS["full"], progress=progress) as transport:
+        accelerator = Accelerator(transport)
+        got = accelerator.attention_head(q, k, v, **kwargs)
+        stats = accelerator.last_stats
+    if not np.array_equal(got, attention_head(q, k, v, **kwargs)):
+        raise AssertionError("core attention bench: the result differs from the golden model")
+    results["core.attention_head_cycles"] = stats["cycles"]
+    results["core.attention_head_mac_utilization"] = round(stats["mac_utilization"], 4)
