@@ -44,19 +44,23 @@ class SerialTransport:
         The bridge's memory word size.
     max_payload : int
         The bridge's ``max_payload``: large transfers are split into frames that fit it.
+    insn_bytes : int
+        The bridge's instruction word size.
 
     No request is retried: a PUSH_INSN whose response was lost may have executed,
     and pushing it again would run the instructions twice.
     """
 
     def __init__(self, port, baudrate=3_000_000, timeout=1.0, word_bytes=lf.DEFAULT_WORD_BYTES,
-                 max_payload=lf.DEFAULT_MAX_PAYLOAD):
-        if word_bytes < 1 or word_bytes & (word_bytes - 1):
-            raise ValueError(f"Word size must be a power of two, not {word_bytes!r}")
-        if max_payload < max(4 + word_bytes, lf.INSN_BYTES):
+                 max_payload=lf.DEFAULT_MAX_PAYLOAD, insn_bytes=lf.INSN_BYTES):
+        for what, value in (("Word size", word_bytes), ("Instruction size", insn_bytes)):
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"{what} must be a power of two, not {value!r}")
+        if max_payload < max(4 + word_bytes, insn_bytes):
             raise ValueError(f"Maximum payload {max_payload} cannot hold one word and its "
-                             f"address")
+                             f"address, or one instruction")
         self.word_bytes = word_bytes
+        self.insn_bytes = insn_bytes
         self.max_payload = max_payload
         self.timeout = timeout
         self._serial = serial.Serial(port, baudrate=baudrate, timeout=timeout)
@@ -140,13 +144,14 @@ class SerialTransport:
         return bytes(out)
 
     def push_instructions(self, words):
-        """Push 128-bit instructions: ``words`` is N * 16 bytes, each 16 little-endian."""
+        """Push instructions: ``words`` is N * ``insn_bytes`` bytes, each instruction
+        little-endian."""
         words = bytes(words)
-        size = lf.INSN_BYTES
+        size = self.insn_bytes
         if len(words) % size or not words:
             raise ValueError(f"Instructions must be a positive multiple of {size} bytes, "
                              f"not {len(words)}")
-        per_frame = lf.max_insn_words(self.max_payload)
+        per_frame = lf.max_insn_words(self.max_payload, size)
         count = len(words) // size
         for first in range(0, count, per_frame):
             n = min(per_frame, count - first)
