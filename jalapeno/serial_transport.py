@@ -10,6 +10,7 @@ import serial
 
 from sim.golden import link_frame as lf
 from sim.golden.link_frame import Status
+from .transport import Transport
 
 
 __all__ = ["LinkError", "SerialTransport"]
@@ -167,3 +168,45 @@ class SerialTransport:
     def write_register(self, index, value):
         """Set register ``index`` to the u32 ``value``."""
         self._transact(lf.write_reg(index, value), f"WRITE_REG {index}")
+
+
+class CoreSerialTransport(SerialTransport, Transport):
+    """The :class:`jalapeno.transport.Transport` of a board running
+    :class:`rtl.core.linked_core.LinkedCore`: the same runtime API as the simulation.
+
+    ``run`` polls the core's STATUS register until it is idle or reports an error (or
+    ``run_timeout`` seconds pass); a core that stays blocked on dependency tokens for
+    ``blocked_polls`` polls in a row is reported BLOCKED. ``soft_reset`` writes the
+    link's control register.
+    """
+
+    def __init__(self, port, *, lanes, run_timeout=60.0, blocked_polls=20, **kwargs):
+        super().__init__(port, word_bytes=lanes, insn_bytes=32, **kwargs)
+        self.run_timeout = run_timeout
+        self.blocked_polls = blocked_polls
+
+    def soft_reset(self):
+        from rtl.core.linked_core import CONTROL_REGISTER
+        self.write_register(CONTROL_REGISTER, 1)
+
+    def run(self, max_cycles, until_batch=False):
+        import time
+
+        from rtl.core.status import Register
+
+        from .transport import RunOutcome, RunResult
+        if until_batch:
+            raise NotImplementedError("serving over the link is not wired yet")
+        deadline = time.monotonic() + self.run_timeout
+        blocked = 0
+        while True:
+            status = self.read_register(Register.STATUS)
+            if status & 2:
+                return RunResult(RunOutcome.ERROR, 0)
+            if status & 1:
+                return RunResult(RunOutcome.IDLE, 0)
+            blocked = blocked + 1 if status & 0x100 else 0
+            if blocked >= self.blocked_polls:
+                return RunResult(RunOutcome.BLOCKED, 0)
+            if time.monotonic() > deadline:
+                return RunResult(RunOutcome.TIMEOUT, 0)
