@@ -3,8 +3,10 @@
 The harness clocks the core in C++ and answers its memory port with a memory model
 (configurable latency and bandwidth), so no Python runs per cycle; the host runtime
 (:class:`jalapeno.sim_transport.SimTransport`) drives it over a pipe. Builds are
-cached under ``build/sim/core-<key>/``, keyed by the Verilog, the harness source,
-the Verilator version and the options, and shared between processes by a file lock.
+cached under ``build/sim/core-<key>/``, keyed by the RTL sources (``rtl/**/*.py``), the
+Amaranth version, the core's parameters, the harness source, the Verilator version and
+the options — so finding a cached model needs no elaboration — and shared between
+processes by a file lock.
 """
 
 import dataclasses
@@ -15,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 from .toolchain import build_root, verilator_bin_dir, verilator_env, verilator_version
@@ -59,12 +62,21 @@ PRESETS = {
 }
 
 
+def _rtl_digest():
+    """A hash of every source the core's Verilog is generated from (the ``rtl`` package and
+    the Amaranth version): the cache key, so a cached model is found without elaborating."""
+    digest = hashlib.sha256(metadata.version("amaranth").encode())
+    root = Path(__file__).resolve().parent.parent / "rtl"
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def build_core_model(config=CoreConfig(), *, progress=None):
     """The path of the harness executable for ``config``, building it if needed."""
-    verilog = component_to_verilog(config.core(), "core")
     key_material = json.dumps({
-        "verilog": verilog, "harness": HARNESS.read_text(), "verilator": verilator_version(),
-        "args": VERILATOR_ARGS,
+        "rtl": _rtl_digest(), "config": dataclasses.asdict(config),
+        "harness": HARNESS.read_text(), "verilator": verilator_version(), "args": VERILATOR_ARGS,
     }, sort_keys=True)
     key = hashlib.sha256(key_material.encode()).hexdigest()[:16]
     build_dir = build_root() / "sim" / f"core-{key}"
@@ -78,7 +90,7 @@ def build_core_model(config=CoreConfig(), *, progress=None):
                 if build_dir.exists():
                     shutil.rmtree(build_dir)
                 build_dir.mkdir(parents=True)
-                (build_dir / "core.v").write_text(verilog)
+                (build_dir / "core.v").write_text(component_to_verilog(config.core(), "core"))
                 start = time.monotonic()
                 if progress:
                     progress(f"building the core model ({config.lanes}x{config.lanes} array) "
