@@ -28,8 +28,12 @@ Synthesis options
   turned into a radix-4 Booth LUT multiplier (Yosys ``booth``) before synthesis
   (``script_after_read``); the other PEs keep the DSP. ``dsp_budget`` is the
   device's DSP count minus ``dsp_reserve`` (DSPs the rest of the payload needs).
+- The PEs' flip-flops get Yosys' ``keep`` attribute (:func:`pe_script`): the
+  activation tags are equal along anti-diagonals of the array, and merged
+  flip-flops would drive PEs all over the die.
 - nextpnr runs with ``--timing-allow-fail`` (so a design that misses timing still
-  gives a report and a bitstream), ``--seed SEED`` and ``--report``.
+  gives a report and a bitstream), ``--seed SEED`` and ``--report``; on ECP5 with
+  ``--router router2`` (router1 needs hours for the 16 x 16 array's 175 k arcs).
 
 Report
 ------
@@ -82,7 +86,7 @@ __all__ = [
     "BOARDS", "BoardFlow", "FPGAFlowError", "TimingError", "PreparedBuild", "prepare",
     "synthesize", "build", "default_out_dir",
     "tool_environment", "openfpgaloader_path", "parse_nextpnr_report", "critical_path_summary",
-    "lut_multiplier_script",
+    "pe_script",
 ]
 
 
@@ -119,6 +123,8 @@ class BoardFlow:
         DSP blocks (multipliers) on the device.
     synth_opts : str
         Extra options for ``synth_<family>``.
+    nextpnr_opts : str
+        Extra options for ``nextpnr-<family>``.
     bitstream_suffix : str
         ``bit`` (ECP5, loaded over JTAG) or ``bin`` (iCE40, written to SPI flash).
     resources : dict
@@ -131,6 +137,7 @@ class BoardFlow:
     max_rows: int
     dsp_blocks: int
     synth_opts: str
+    nextpnr_opts: str
     bitstream_suffix: str
     resources: dict
 
@@ -139,13 +146,13 @@ BOARDS = {
     # 16 x 16 INT8: 156 PEs on MULT18X18D, 100 with LUT multipliers.
     "ulx3s": BoardFlow(
         spec=ULX3S, default_mhz=62.5, rows=16, cols=16, max_rows=512, dsp_blocks=156,
-        synth_opts="", bitstream_suffix="bit",
+        synth_opts="", nextpnr_opts="--router router2", bitstream_suffix="bit",
         resources={"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D",
                    "bram": "DP16KD"}),
     # 4 x 2 INT8 on 8 of the 8 SB_MAC16.
     "icebreaker": BoardFlow(
         spec=ICEBREAKER, default_mhz=21, rows=4, cols=2, max_rows=512, dsp_blocks=8,
-        synth_opts="-dsp", bitstream_suffix="bin",
+        synth_opts="-dsp", nextpnr_opts="", bitstream_suffix="bin",
         resources={"lut": "ICESTORM_LC", "ff": "ICESTORM_LC", "dsp": "ICESTORM_DSP",
                    "bram": "ICESTORM_RAM"}),
 }
@@ -255,10 +262,9 @@ def _tool_versions(env, family, rpt_path):
         try:
             out = subprocess.run([nextpnr, "--version"], capture_output=True, text=True,
                                  timeout=120, stdin=subprocess.DEVNULL, env=env)
-            lines = [ln for ln in (out.stdout + out.stderr).splitlines()
-                     if "nextpnr" in ln and "Preparing" not in ln]
-            if lines:
-                versions[f"nextpnr-{family}"] = lines[-1].strip()
+            match = re.search(r"\(Version (?:nextpnr-)?([^)\s]+)\)", out.stdout + out.stderr)
+            if match:
+                versions[f"nextpnr-{family}"] = match.group(1)
         except (OSError, subprocess.SubprocessError):
             pass
     return versions
@@ -266,32 +272,39 @@ def _tool_versions(env, family, rpt_path):
 
 # -- Mixed DSP / LUT multipliers ---------------------------------------------------------------
 
-def lut_multiplier_script(top, rows, cols, dsp_budget, *, module=None):
-    """Yosys commands giving the PEs beyond ``dsp_budget`` a LUT multiplier, or "".
+def pe_script(top, rows, cols, dsp_budget, *, module=None, keep_pe_registers=True):
+    """Yosys commands (for ``script_after_read``) preparing the array's PEs.
 
     The PEs are instances ``pe_<r>_<c>`` of the shared module ``module`` (by
-    default the INT8 one for ``rows``) under the design's top module ``top``;
-    the last ``rows * cols - dsp_budget`` in row-major order are switched to a
-    copy whose ``$mul`` is a Booth multiplier.
+    default the INT8 one for ``rows``) under the design's top module ``top``.
+
+    - ``keep_pe_registers``: the PE's flip-flops get the ``keep`` attribute, so
+      that Yosys does not merge them with identical flip-flops elsewhere (an
+      activation's ``valid``/``bank``/``mode`` tags are equal along an
+      anti-diagonal of the array and equal to the engine's skew and tag delay
+      lines: merged, one flip-flop drives PEs all over the die).
+    - PEs beyond ``dsp_budget`` (the last ``rows * cols - dsp_budget`` in
+      row-major order) are switched to a copy of the module whose ``$mul`` is a
+      radix-4 Booth multiplier in LUTs.
 
     Returns
     -------
     (str, int)
-        The script (for ``script_after_read``) and the number of LUT-multiplier PEs.
+        The script and the number of LUT-multiplier PEs.
     """
     module = module or pe_module_name(rows, False)
-    excess = rows * cols - max(0, dsp_budget)
-    if excess <= 0:
-        return "", 0
-    names = [f"pe_{r}_{c}" for r in range(rows) for c in range(cols)][-excess:]
-    copy = f"{module}_lutmul"
-    lines = [
-        f"hierarchy -top {top}",
-        "proc",
-        f"copy {module} {copy}",
-        f"booth {copy}",
-        f"chtype -set {copy} " + " ".join(f"*/{name}" for name in names),
-    ]
+    excess = max(0, rows * cols - max(0, dsp_budget))
+    lines = [f"hierarchy -top {top}", "proc"]
+    if keep_pe_registers:
+        lines.append(f"setattr -set keep 1 {module}/t:*dff*")
+    if excess:
+        names = [f"pe_{r}_{c}" for r in range(rows) for c in range(cols)][-excess:]
+        copy = f"{module}_lutmul"
+        lines += [
+            f"copy {module} {copy}",
+            f"booth {copy}",
+            f"chtype -set {copy} " + " ".join(f"*/{name}" for name in names),
+        ]
     return "\n".join(lines), excess
 
 
@@ -324,8 +337,9 @@ _NEXTPNR_KEEP = re.compile(
     r"^Info: (Packing IOs|Generating derived|    Derived frequency|Creating initial analytic|"
     r"Running main analytical|HeAP Placer Time|Running simulated annealing|SA placement time|"
     r"Max frequency for clock|Routing\.\.|Routing \d+ arcs|Routing complete|Router\d? time|"
+    r"Running router2|"
     r"Program finished|Logic utilisation before packing|    Total LUT4s|    Total DFFs)")
-_NEXTPNR_PROGRESS = re.compile(r"^Info: +(at iteration|at initial placer|\s*\d+ \|)")
+_NEXTPNR_PROGRESS = re.compile(r"^Info: +(at iteration|at initial placer|\s*\d+ \||iter=\d+)")
 _STAGES = (("yosys", "synthesis"), ("nextpnr", "place_and_route"),
            ("ecppack", "bitstream"), ("icepack", "bitstream"))
 
@@ -420,9 +434,11 @@ def critical_path_summary(path):
         return {}
     logic = sum(step["delay"] for step in path if step["type"] in ("logic", "clk-to-q", "setup"))
     routing = sum(step["delay"] for step in path if step["type"] == "routing")
-    sources = []
+    sources = []   # the design's own source lines on the path (not the tools' cell libraries)
     for step in path:
         for source in step.get("sources", []):
+            if source.startswith("/share/"):
+                continue
             source = re.sub(r"^.*?/((?:rtl|sim|jalapeno)/)", r"\1", source)
             if source not in sources:
                 sources.append(source)
@@ -526,7 +542,8 @@ class PreparedBuild:
 
 
 def prepare(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, max_rows=None,
-            seed=1, payload_factory=None, dsp_reserve=0, tolerance=DEFAULT_TOLERANCE):
+            seed=1, payload_factory=None, dsp_reserve=0, tolerance=DEFAULT_TOLERANCE,
+            nextpnr_opts="", keep_pe_registers=True):
     """Elaborate ``board``'s top and write the build files into ``out_dir``.
 
     Takes the parameters of :func:`build` (but ``progress``) and returns a
@@ -546,15 +563,16 @@ def prepare(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, ma
     factory = payload_factory or partial(EnginePayload, rows=rows, cols=cols, max_rows=max_rows)
     top = BoardTop(spec, factory, frequency_mhz=target, tolerance=tolerance)
     name = spec.name
-    script, lut_pes = lut_multiplier_script(name, rows, cols, flow.dsp_blocks - dsp_reserve)
+    script, lut_pes = pe_script(name, rows, cols, flow.dsp_blocks - dsp_reserve,
+                                keep_pe_registers=keep_pe_registers)
     overrides = {
-        "nextpnr_opts": f"--report nextpnr_report.json --timing-allow-fail --seed {int(seed)}",
+        "nextpnr_opts": (f"--report nextpnr_report.json --timing-allow-fail --seed {int(seed)} "
+                         f"{flow.nextpnr_opts} {nextpnr_opts}").strip(),
         "script_after_synth": f"tee -q -o {name}.stat.json stat -json -top {name}",
     }
     if flow.synth_opts:
         overrides["synth_opts"] = flow.synth_opts
-    if script:
-        overrides["script_after_read"] = script
+    overrides["script_after_read"] = script
     platform = spec.platform()
     plan = platform.prepare(top, name, **overrides)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -597,7 +615,7 @@ def synthesize(prepared):
 
 def build(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, max_rows=None,
           seed=1, progress=print, payload_factory=None, dsp_reserve=0,
-          tolerance=DEFAULT_TOLERANCE):
+          tolerance=DEFAULT_TOLERANCE, nextpnr_opts="", keep_pe_registers=True):
     """Build ``board``'s bitstream and write ``<out_dir>/report.json``.
 
     Parameters
@@ -621,6 +639,11 @@ def build(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, max_
         DSP blocks the payload needs besides the PEs' multipliers.
     tolerance : float
         Largest accepted relative PLL frequency error.
+    nextpnr_opts : str
+        More options for nextpnr (after the board's own).
+    keep_pe_registers : bool
+        Keep Yosys from merging the PEs' flip-flops with identical ones (see
+        :func:`pe_script`).
 
     Returns
     -------
@@ -642,7 +665,8 @@ def build(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, max_
     say(f"{board}: elaborate (Amaranth -> RTLIL)")
     prepared = prepare(board, out_dir, frequency_mhz, rows=rows, cols=cols, max_rows=max_rows,
                        seed=seed, payload_factory=payload_factory, dsp_reserve=dsp_reserve,
-                       tolerance=tolerance)
+                       tolerance=tolerance, nextpnr_opts=nextpnr_opts,
+                       keep_pe_registers=keep_pe_registers)
     out_dir, name, family = prepared.out_dir, prepared.name, flow.spec.family
     rows, cols, pll_mhz, lut_pes = prepared.rows, prepared.cols, prepared.pll_mhz, prepared.lut_pes
     say(f"{board}: {rows} x {cols} INT8 array ({rows * cols} MACs/cycle"
