@@ -1,0 +1,744 @@
+"""Quantize all-MiniLM-L6-v2 for the accelerator: the INT8 and the FP8 (E4M3) programs.
+
+``build_int8()`` / ``build_e4m3()`` turn the float weights and the calibration set
+(``calibration.txt``) into a :class:`sim.golden.minilm_quantized.QuantizedMiniLM`: the op
+program (one hardware instruction per op) and every integer parameter it needs.
+Deterministic: the same weights, calibration sentences and options give the same bytes.
+``load_or_build()`` caches the result under ``build/minilm/`` (building takes a minute,
+mostly GPTQ). The scheme and the measured effect of every decision are in docs/minilm.md.
+
+INT8 scheme, per encoder layer (``T`` rows, hidden 384, 12 heads of 32, FFN 1536)::
+
+    x_mm, x_res        two LayerNorm outputs of the previous layer (INT8): x_mm feeds the
+                       QKV GEMM (SmoothQuant factors folded into gamma/beta and into W's
+                       rows; a separate scale for [CLS] rows), x_res is the residual
+                       (per-channel scales chosen to fit the residual pass, below)
+    qkv_acc = x_mm @ Wqkv                       MatMul INT8            T x 1152
+    qkv     = requant(qkv_acc)                  Q, K per tensor; V per channel
+    s_acc   = Q_h @ K_h^T                       AttnScores INT8       12 x T x T
+    s       = requant(s_acc)  (1/sqrt(32) folded in; per head)
+    p       = softmax(s, length)                UINT8, scale 1/256
+    c_acc   = P_h @ V_h                         AttnContext UINT8xINT8
+    ctx     = requant(c_acc)                    per channel (SmoothQuant for Wo)
+    r1_acc  = ctx @ Wo                          MatMul INT8
+    r1      = requant16(r1_acc + x_res * d)     INT16, residual and bias added exactly
+    h_mm, h_res = LayerNorm16(r1)               two LayerNorm ops (two parameter sets)
+    u_acc   = h_mm @ W1                         MatMul INT8            T x 1536
+    u       = requant(u_acc)                    per group of channels, asymmetric
+    g       = gelu_table_group(u)               Activation, one table per channel group
+    r2_acc  = g @ W2                            MatMul INT8
+    r2      = requant16(r2_acc + h_res * d)
+    x_mm, x_res (next layer) = LayerNorm16(r2)
+
+**Residual.** The residual copy's per-channel scale is *defined* as ``d_j * u_j``, where
+``u_j`` is the accumulator's scale of output channel j and ``d_j`` an integer, so
+``acc + residual * d`` is the exact sum in accumulator units and is rounded once
+(``sim.golden.int16_ops.requantize_residual_int16``; the same numbers as accumulating
+``ceil(d / 127)`` diagonal INT8 passes in the matmul engine, which would need up to ~100
+passes here, see docs/minilm.md).
+
+The FP8 (E4M3) program (``build_e4m3``) is described in docs/minilm.md.
+"""
+
+import hashlib
+import json
+import math
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from rtl.layernorm import BETA_BITS, BETA_FRAC
+from rtl.matmul.mode import MatmulMode
+from rtl.numerics.fp8_format import FP8Format
+from sim.golden import activation as activation_golden
+from sim.golden import fp8_codec
+from sim.golden import layernorm as layernorm_golden
+from sim.golden import minilm_float
+from sim.golden import minilm_quantized as mq
+from sim.golden import softmax as softmax_golden
+from sim.golden.requantizer import quantize_multipliers
+
+from . import calibration_sentences
+from .tokenizer import encode
+from .weights import load_weights, model_dir
+
+
+__all__ = ["INT8_OPTIONS", "E4M3_OPTIONS", "PLAIN_INT8", "VERSION", "collect_calibration", "gptq",
+           "build_int8", "build_e4m3", "load_or_build", "cache_path"]
+
+
+#: Bumped whenever the scheme changes, so that cached builds are not reused.
+VERSION = 1
+
+INT8_OPTIONS = {
+    "alpha": 0.5,            # SmoothQuant migration strength (x_mm, h_mm, ctx)
+    "gelu_groups": 8,        # FFN channel groups, one GELU table each
+    "gelu_in_clip": 6.0,     # GELU input range starts at max(min, -clip): gelu(-6) ~ 0
+    "gptq": True,            # GPTQ rounding (else round to nearest)
+    "gptq_damp": 0.1,        # relative Hessian damping
+    "head_act": 1.0,         # headroom on per-tensor activation maxima
+    "head_channel": 1.25,    # headroom on per-channel maxima (V, residual copies, output)
+    "head_ln16": 1.5,        # headroom on the INT16 LayerNorm inputs
+    "cls_class": True,       # separate scales for [CLS] rows where it is free
+    "smooth": True,          # SmoothQuant factors (False: plain per-tensor activations)
+    "v_per_channel": True,   # V scale per channel (False: per tensor)
+}
+
+#: The plain baseline of docs/minilm.md: per-tensor activations, per-channel weights rounded
+#: to nearest, one GELU table, no [CLS] scales (the INT16 LayerNorm inputs and the exact
+#: residual stay: without them the result is meaningless, see the docs).
+PLAIN_INT8 = {"alpha": 0.5, "gelu_groups": 1, "gptq": False, "cls_class": False, "smooth": False,
+              "v_per_channel": False}
+
+E4M3_OPTIONS = {
+    "gelu_groups": 4,
+    "gelu_in_clip": 6.0,
+    "gptq": True,
+    "gptq_damp": 0.1,
+    "head_channel": 1.25,
+    "head_ln16": 1.5,
+    "cls_class": True,
+    "bias_terms": 3,         # E4M3 terms per bias (exact accumulation of their sum)
+    "exact_p": True,         # P = hi + lo (two E4M3 passes): the UINT8 probabilities exactly
+    "exact_ln_inputs": False,  # LayerNorm outputs into the GEMMs as hi + lo (2x the passes)
+}
+
+HIDDEN, HEADS, HEAD_DIM, FFN = 384, 12, 32, 1536
+E4M3_MAX = 448.0
+
+
+# --------------------------------------------------------------------------- calibration
+
+class Calibration:
+    """Float64 activations of the calibration set (per tensor name, per sentence)."""
+
+    def __init__(self, weights, token_ids):
+        self.collect = {}
+        for ids in token_ids:
+            minilm_float.forward(weights, ids, self.collect)
+
+    def rows(self, key, which="all"):
+        parts = self.collect[key]
+        if which == "cls":
+            parts = [p[:1] for p in parts]
+        elif which == "tok":
+            parts = [p[1:] for p in parts]
+        return np.concatenate(parts)
+
+    def chmax(self, key, which="all"):
+        return np.abs(self.rows(key, which)).max(axis=0)
+
+    def tmax(self, key, which="all"):
+        return float(np.abs(self.rows(key, which)).max())
+
+    def scores_max(self, layer):
+        """Per head, the largest |score| (scaled by 1/sqrt(d), as the softmax sees it)."""
+        out = np.zeros(HEADS)
+        for i, s in enumerate(self.collect[f"l{layer}.scores"]):
+            out[i % HEADS] = max(out[i % HEADS], float(np.abs(s).max()))
+        return out
+
+    def row_weights(self, key):
+        """1 / variance of each row of a LayerNorm input: how much an error in that row
+        matters after the LayerNorm (used to weight GPTQ's Hessian)."""
+        r = self.rows(key)
+        return 1.0 / np.maximum(r.var(axis=1), 1e-6)
+
+
+def collect_calibration(weights, sentences=None):
+    return Calibration(weights, encode(sentences if sentences is not None else calibration_sentences()))
+
+
+# --------------------------------------------------------------------------- GPTQ
+
+def gptq(w, x, quantize_row, damp=0.1, row_weights=None, block=128):
+    """GPTQ (Frantar et al. 2022) for ``y = x @ w`` (w: K x N): rounds the K input rows of
+    ``w`` one at a time, in order of decreasing activation energy, spreading each row's
+    rounding error over the rows not yet rounded through the inverse Hessian
+    ``(x^T diag(row_weights) x + damp * mean(diag) * I)^-1``. ``quantize_row`` maps a float
+    row (N,) to its quantized float values. Returns the quantized K x N float matrix.
+    Deterministic (no randomness; ties in the order are broken by index)."""
+    w = np.array(w, dtype=np.float64)
+    k = w.shape[0]
+    xw = x if row_weights is None else x * np.sqrt(row_weights / row_weights.mean())[:, None]
+    hessian = xw.T @ xw
+    dead = np.diag(hessian) == 0
+    hessian[dead, dead] = 1.0
+    w[dead] = 0.0
+    hessian += damp * np.mean(np.diag(hessian)) * np.eye(k)
+    order = np.argsort(-np.diag(hessian), kind="stable")
+    w = w[order]
+    hessian = hessian[np.ix_(order, order)]
+    hinv = np.linalg.cholesky(np.linalg.inv(hessian)).T  # upper triangular
+    q = np.zeros_like(w)
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        w1 = w[i1:i2].copy()
+        err = np.zeros_like(w1)
+        h1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            q[i1 + i] = quantize_row(w1[i])
+            e = (w1[i] - q[i1 + i]) / h1[i, i]
+            w1[i + 1:] -= np.outer(h1[i, i + 1:], e)
+            err[i] = e
+        w[i2:] -= hinv[i1:i2, i2:].T @ err
+    out = np.empty_like(q)
+    out[order] = q
+    return out
+
+
+def _int8_weight_codes(w, x, options, row_weights=None):
+    """Per-output-channel symmetric INT8 codes and scales of w (K x N)."""
+    scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0
+    if options["gptq"]:
+        quantized = gptq(w, x, lambda r: np.clip(np.rint(r / scale), -127, 127) * scale,
+                         options["gptq_damp"], row_weights)
+        codes = np.rint(quantized / scale)
+    else:
+        codes = np.clip(np.rint(w / scale), -127, 127)
+    return codes.astype(np.int64), scale
+
+
+def _codes8(values):
+    return (np.asarray(values, dtype=np.int64) & 0xFF).astype(np.uint8)
+
+
+def _smooth(act_max, w_row_max, alpha, enabled=True):
+    """SmoothQuant factors: activation channel j is divided by s_j, W's row j multiplied."""
+    if not enabled:
+        return np.ones_like(act_max)
+    s = np.maximum(act_max, 1e-6) ** alpha / np.maximum(w_row_max, 1e-6) ** (1.0 - alpha)
+    return s / np.median(s)
+
+
+def _layernorm_params(gamma, beta, input_scale, output_scale):
+    """LayerNorm16 params for one output scale (N,) -> (gamma_q, beta_q, gamma_frac, eps)."""
+    limit = ((1 << (BETA_BITS - 1)) - 1) / (1 << BETA_FRAC) - 1
+    beta = np.clip(beta, -limit * output_scale, limit * output_scale)
+    gq, bq, gf = layernorm_golden.quantize_params(gamma, beta, output_scale)
+    eps = layernorm_golden.quantize_eps(1e-12, input_scale, gamma.shape[0])
+    return gq, bq, gf, eps
+
+
+def _layernorm_param_set(prefix, gamma, beta, input_scale, output_scales, params):
+    """Per row class (output_scales: 2 x N) or single (N,) parameter sets."""
+    output_scales = np.asarray(output_scales, dtype=np.float64)
+    if output_scales.ndim == 1:
+        gq, bq, gf, eps = _layernorm_params(gamma, beta, input_scale, output_scales)
+        params.update({f"{prefix}.gamma": gq, f"{prefix}.beta": bq,
+                       f"{prefix}.gamma_frac": np.array([gf]), f"{prefix}.eps": np.array([eps])})
+        return
+    sets = [_layernorm_params(gamma, beta, input_scale, s) for s in output_scales]
+    params.update({
+        f"{prefix}.gamma": np.stack([s[0] for s in sets]),
+        f"{prefix}.beta": np.stack([s[1] for s in sets]),
+        f"{prefix}.gamma_frac": np.array([s[2] for s in sets]),
+        f"{prefix}.eps": np.array([s[3] for s in sets]),
+    })
+
+
+def _requant_params(prefix, real_scale, bias, zero_point, params):
+    real_scale = np.asarray(real_scale, dtype=np.float64)
+    m, s = quantize_multipliers(real_scale)
+    params[f"{prefix}.multiplier"] = m
+    params[f"{prefix}.shift"] = s
+    bias = np.asarray(bias)
+    if np.abs(bias).max(initial=0) >= 2**31:
+        raise ValueError(f"{prefix}: bias does not fit INT32")
+    params[f"{prefix}.bias"] = np.broadcast_to(bias, real_scale.shape).astype(np.int64)
+    params[f"{prefix}.zero_point"] = np.broadcast_to(np.asarray(zero_point), real_scale.shape).astype(np.int64)
+
+
+def _class_scales(cal, key, smooth, options, head):
+    """Scales (2 x N) of a smoothed tensor: per row class c, ``c_max * smooth`` with c_max
+    from the class's largest |x / smooth| (row class 1 = [CLS]); (1, N) without classes."""
+    if not options["cls_class"]:
+        c = np.abs(cal.rows(key) / smooth).max() * head / 127.0
+        return np.stack([c * smooth, c * smooth])
+    tok = np.abs(cal.rows(key, "tok") / smooth).max() * head / 127.0
+    cls = np.abs(cal.rows(key, "cls") / smooth).max() * head / 127.0
+    return np.stack([tok * smooth, cls * smooth])
+
+
+def _residual_multiplier(prefix, target_scale, unit, params):
+    """The residual's per-channel integer multiplier ``d = ceil(target / unit)`` (<= 65535)
+    and the residual copy's exact scale ``d * unit`` (``unit``: the accumulator's scale)."""
+    d = np.clip(np.ceil(target_scale / unit), 1, 0xFFFF).astype(np.int64)
+    params[f"{prefix}.d"] = d
+    return d * unit, d
+
+
+def _gelu_groups(chmax, groups):
+    """Channel permutation sorting the FFN channels by calibrated range, and the (start, stop)
+    column range of each of ``groups`` equal-size groups."""
+    order = np.argsort(chmax, kind="stable")
+    bounds = np.linspace(0, len(chmax), groups + 1).round().astype(int)
+    return order, tuple((int(bounds[g]), int(bounds[g + 1])) for g in range(groups))
+
+
+# --------------------------------------------------------------------------- INT8
+
+def build_int8(weights=None, calibration=None, **overrides):
+    """The INT8 program and its parameters (see the module docstring)."""
+    options = dict(INT8_OPTIONS, **overrides)
+    w = weights if weights is not None else load_weights()
+    cal = calibration if calibration is not None else collect_calibration(w)
+    params = {}
+    info = {"options": options, "residual_d": {}, "gelu_groups": {}}
+    layers = []
+    alpha = options["alpha"]
+    head_c = options["head_channel"]
+
+    for li, lw in enumerate(w.layers):
+        L = f"l{li}"
+        plan = {}
+        rw_attn = cal.row_weights(f"{L}.res1")
+        rw_ffn = cal.row_weights(f"{L}.res2")
+
+        # ---- QKV
+        wqkv = np.concatenate([lw.wq, lw.wk, lw.wv], axis=1)
+        bqkv = np.concatenate([lw.bq, lw.bk, lw.bv])
+        x = cal.rows(f"{L}.x")
+        sx = _smooth(cal.chmax(f"{L}.x"), np.abs(wqkv).max(axis=1), alpha, options["smooth"])
+        x_mm_scale = _class_scales(cal, f"{L}.x", sx, options, options["head_act"])
+        codes, s_w = _int8_weight_codes(wqkv * sx[:, None], x / sx, options, rw_attn)
+        params[f"{L}.wqkv"] = _codes8(codes)
+        unit = x_mm_scale[:, :1] / sx[0] * s_w[None, :]         # 2 x 1152 accumulator scale
+        s_q = cal.tmax(f"{L}.q") * options["head_act"] / 127
+        s_k = cal.tmax(f"{L}.k") * options["head_act"] / 127
+        s_v = np.maximum(cal.chmax(f"{L}.v") * head_c, 0.05 * cal.tmax(f"{L}.v")) / 127
+        if not options["v_per_channel"]:
+            s_v = np.full(HIDDEN, cal.tmax(f"{L}.v") * options["head_act"] / 127)
+        out_scale = np.concatenate([np.full(HIDDEN, s_q), np.full(HIDDEN, s_k), s_v])
+        _requant_params(f"{L}.qkv", unit / out_scale, np.rint(bqkv / unit), 0, params)
+        plan["x_mm_scale"] = x_mm_scale
+
+        # ---- attention
+        s_s = cal.scores_max(li) * options["head_act"] / 127
+        _requant_params(f"{L}.scores", s_q * s_k / math.sqrt(HEAD_DIM) / s_s, np.zeros(HEADS), 0, params)
+        params[f"{L}.softmax.table"] = np.stack([softmax_golden.exp_table(s) for s in s_s])
+        ctx = cal.rows(f"{L}.ctx")
+        sc = _smooth(cal.chmax(f"{L}.ctx"), np.abs(lw.wo).max(axis=1), alpha, options["smooth"])
+        c_ctx = np.abs(ctx / sc).max() * options["head_act"] / 127
+        s_ctx = c_ctx * sc
+        _requant_params(f"{L}.ctx", s_v / 256.0 / s_ctx, np.zeros(HIDDEN), 0, params)
+
+        # ---- output projection + residual
+        codes, s_wo = _int8_weight_codes(lw.wo * sc[:, None], ctx / sc, options, rw_attn)
+        params[f"{L}.wo"] = _codes8(codes)
+        unit_o = c_ctx * s_wo
+        target = np.maximum(cal.chmax(f"{L}.x") * head_c, 0.02 * cal.tmax(f"{L}.x")) / 127
+        x_res_scale, d = _residual_multiplier(f"{L}.r1", target, unit_o, params)
+        s_r1 = cal.tmax(f"{L}.res1") * options["head_ln16"] / 32767
+        _requant_params(f"{L}.r1", unit_o / s_r1, np.rint(lw.bo / unit_o), 0, params)
+        plan.update(x_res_scale=x_res_scale, s_r1=s_r1)
+        info["residual_d"][f"{L}.attn"] = (int(d.min()), int(d.max()))
+
+        # ---- FFN
+        h = cal.rows(f"{L}.h")
+        sh = _smooth(cal.chmax(f"{L}.h"), np.abs(lw.w1).max(axis=1), alpha, options["smooth"])
+        h_mm_scale = _class_scales(cal, f"{L}.h", sh, options, options["head_act"])
+        u_all = cal.rows(f"{L}.ffn_in")
+        order, groups = _gelu_groups(np.abs(u_all).max(axis=0), options["gelu_groups"])
+        w1 = (lw.w1 * sh[:, None])[:, order]
+        codes, s_w1 = _int8_weight_codes(w1, h / sh, options, rw_ffn)
+        params[f"{L}.w1"] = _codes8(codes)
+        unit1 = h_mm_scale[:, :1] / sh[0] * s_w1[None, :]
+        u = u_all[:, order]
+        g = cal.rows(f"{L}.gelu")[:, order]
+        s_u = np.zeros(FFN)
+        zp_u = np.zeros(FFN, dtype=np.int64)
+        s_g = np.zeros(FFN)
+        zp_g = np.zeros(FFN, dtype=np.int64)
+        tables = []
+        for start, stop in groups:
+            hi = u[:, start:stop].max() * options["head_act"]
+            lo = max(u[:, start:stop].min(), -options["gelu_in_clip"])
+            su = (hi - lo) / 255
+            zu = int(np.clip(np.rint(-128 - lo / su), -128, 127))
+            g_hi = g[:, start:stop].max() * options["head_act"]
+            g_lo = float(activation_golden.gelu(np.array([-0.7517916]))[0])  # GELU's minimum
+            sg = (g_hi - g_lo) / 255
+            zg = int(np.clip(np.rint(-128 - g_lo / sg), -128, 127))
+            s_u[start:stop], zp_u[start:stop], s_g[start:stop], zp_g[start:stop] = su, zu, sg, zg
+            tables.append(activation_golden.build_table("gelu", su, sg, zu, zg))
+        params[f"{L}.gelu.tables"] = np.stack(tables)
+        _requant_params(f"{L}.u", unit1 / s_u, np.rint(lw.b1[order] / unit1), zp_u, params)
+        w2 = lw.w2[order] * s_g[:, None]
+        codes, s_w2 = _int8_weight_codes(w2, g / s_g, options, rw_ffn)
+        params[f"{L}.w2"] = _codes8(codes)
+        unit2 = s_w2
+        target = np.maximum(cal.chmax(f"{L}.h") * head_c, 0.02 * cal.tmax(f"{L}.h")) / 127
+        h_res_scale, d = _residual_multiplier(f"{L}.r2", target, unit2, params)
+        bias2 = np.rint(lw.b2 / unit2) - zp_g @ codes
+        s_r2 = cal.tmax(f"{L}.res2") * options["head_ln16"] / 32767
+        _requant_params(f"{L}.r2", unit2 / s_r2, bias2, 0, params)
+        plan.update(h_mm_scale=h_mm_scale, h_res_scale=h_res_scale, s_r2=s_r2, groups=groups)
+        info["residual_d"][f"{L}.ffn"] = (int(d.min()), int(d.max()))
+        info["gelu_groups"][L] = [(a, b, float(s_u[a]), float(s_g[a])) for a, b in groups]
+        layers.append(plan)
+
+    # ---- host embedding and the LayerNorm parameter sets (they need the next layer's scales)
+    s_e = cal.tmax("emb_sum") * options["head_ln16"] / 32767
+    params["host.word"] = w.word_embeddings.astype(np.float32)
+    params["host.position"] = w.position_embeddings.astype(np.float32)
+    params["host.token_type"] = w.token_type_embeddings.astype(np.float32)
+    params["host.embed_scale"] = np.array(s_e)
+    s_out = cal.chmax("out") * head_c / 127
+    params["out.scale"] = s_out
+
+    program = [mq.HostEmbed("e16", note="host: word + position + type, INT16")]
+    _layernorm_param_set("ln_emb.mm", w.emb_ln_gamma, w.emb_ln_beta, s_e, layers[0]["x_mm_scale"], params)
+    _layernorm_param_set("ln_emb.res", w.emb_ln_gamma, w.emb_ln_beta, s_e, layers[0]["x_res_scale"], params)
+    program += [mq.LayerNorm16("x_mm", "e16", "ln_emb.mm", note="embedding LayerNorm, GEMM copy"),
+                mq.LayerNorm16("x_res", "e16", "ln_emb.res", note="embedding LayerNorm, residual copy")]
+    for li, (lw, plan) in enumerate(zip(w.layers, layers)):
+        L = f"l{li}"
+        program += [
+            mq.MatMul("qkv_acc", (("x_mm", f"{L}.wqkv"),), MatmulMode.INT8, li, "Q|K|V projection"),
+            mq.Requantize("qkv", "qkv_acc", f"{L}.qkv", layer=li, note="Q, K per tensor; V per channel"),
+            mq.AttnScores("s_acc", "qkv", 0, HIDDEN, HEADS, HEAD_DIM, MatmulMode.INT8, li, "Q_h K_h^T"),
+            mq.Requantize("s", "s_acc", f"{L}.scores", per_head=True, layer=li, note="scores, 1/sqrt(32) folded"),
+            mq.Softmax("p", "s", f"{L}.softmax", li, "UINT8 probabilities, valid-length mask"),
+            mq.AttnContext("c_acc", "p", "qkv", 2 * HIDDEN, HEADS, HEAD_DIM, MatmulMode.UINT8, li, "P_h V_h"),
+            mq.Requantize("ctx", "c_acc", f"{L}.ctx", layer=li, note="context, per channel"),
+            mq.MatMul("r1_acc", (("ctx", f"{L}.wo"),), MatmulMode.INT8, li, "output projection"),
+            mq.Requantize16("r1", "r1_acc", f"{L}.r1", layer=li, residual="x_res",
+                            note="+ bias + residual x_res * d, INT16 LayerNorm input"),
+            mq.LayerNorm16("h_mm", "r1", f"{L}.ln1.mm", li, "LayerNorm 1, GEMM copy"),
+            mq.LayerNorm16("h_res", "r1", f"{L}.ln1.res", li, "LayerNorm 1, residual copy"),
+            mq.MatMul("u_acc", (("h_mm", f"{L}.w1"),), MatmulMode.INT8, li, "FFN up"),
+            mq.Requantize("u", "u_acc", f"{L}.u", layer=li, note="GELU input, per channel group"),
+            mq.Activation("g", "u", f"{L}.gelu", plan["groups"], layer=li, note="GELU, one table per group"),
+            mq.MatMul("r2_acc", (("g", f"{L}.w2"),), MatmulMode.INT8, li, "FFN down"),
+            mq.Requantize16("r2", "r2_acc", f"{L}.r2", layer=li, residual="h_res",
+                            note="+ bias + residual h_res * d, INT16 LayerNorm input"),
+        ]
+        _layernorm_param_set(f"{L}.ln1.mm", lw.ln1_gamma, lw.ln1_beta, plan["s_r1"], plan["h_mm_scale"], params)
+        _layernorm_param_set(f"{L}.ln1.res", lw.ln1_gamma, lw.ln1_beta, plan["s_r1"], plan["h_res_scale"], params)
+        if li + 1 < len(layers):
+            nxt = layers[li + 1]
+            _layernorm_param_set(f"{L}.ln2.mm", lw.ln2_gamma, lw.ln2_beta, plan["s_r2"], nxt["x_mm_scale"], params)
+            _layernorm_param_set(f"{L}.ln2.res", lw.ln2_gamma, lw.ln2_beta, plan["s_r2"], nxt["x_res_scale"], params)
+            program += [mq.LayerNorm16("x_mm", "r2", f"{L}.ln2.mm", li, "LayerNorm 2, GEMM copy"),
+                        mq.LayerNorm16("x_res", "r2", f"{L}.ln2.res", li, "LayerNorm 2, residual copy")]
+        else:
+            _layernorm_param_set(f"{L}.ln2.out", lw.ln2_gamma, lw.ln2_beta, plan["s_r2"], s_out, params)
+            program.append(mq.LayerNorm16("x_out", "r2", f"{L}.ln2.out", li, "LayerNorm 2, output"))
+    program.append(mq.HostPool("x_out", "out", note="host: dequantize, mean over valid rows, L2"))
+    return mq.QuantizedMiniLM("int8", tuple(program), params, HIDDEN, HEADS, info)
+
+
+# --------------------------------------------------------------------------- FP8 (E4M3)
+
+def _e4m3_round(values):
+    """float64 values rounded to E4M3 (RNE, saturating at +-448)."""
+    v = np.clip(np.asarray(values, dtype=np.float64), -E4M3_MAX, E4M3_MAX)
+    return v.astype(fp8_codec.ML_DTYPES[FP8Format.E4M3]).astype(np.float64)
+
+
+def _e4m3_codes(values):
+    v = np.clip(np.asarray(values, dtype=np.float64), -E4M3_MAX, E4M3_MAX)
+    return v.astype(fp8_codec.ML_DTYPES[FP8Format.E4M3]).view(np.uint8)
+
+
+def _fp32_e4m3_codes(values):
+    """E4M3 codes by the hardware encoder's rule (FP32 first, then RNE, saturating)."""
+    bits = np.asarray(values, dtype=np.float32).view(np.uint32)
+    return fp8_codec.encode(bits, FP8Format.E4M3, True)
+
+
+def _pow2_exponent(max_abs, limit):
+    """The largest k with max_abs * 2**k <= limit."""
+    return int(math.floor(math.log2(limit / max(float(max_abs), 1e-30))))
+
+
+def _signed_bytes(codes):
+    codes = np.asarray(codes, dtype=np.int64)
+    return np.where(codes >= 128, codes - 256, codes)
+
+
+def _e4m3_weight_codes(w, x, shift, options, row_weights=None):
+    """E4M3 codes of ``w * 2**shift`` (GPTQ with E4M3 rounding, or round to nearest)."""
+    scaled = w * 2.0 ** shift
+    if options["gptq"]:
+        quantized = gptq(scaled, x, _e4m3_round, options["gptq_damp"], row_weights)
+    else:
+        quantized = _e4m3_round(scaled)
+    return _e4m3_codes(quantized)
+
+
+def _fit_accumulator(ka, kw, limit):
+    """Lower the activation and weight exponents (alternately, activation first) until
+    ``ka + kw <= limit``: the residual pass can only add ``code * 2**(ka + kw + ...)`` with
+    E4M3 operands (a product is at most 448 * 256)."""
+    while ka + kw > limit:
+        if ka >= kw - 4:
+            ka -= 1
+        else:
+            kw -= 1
+    return ka, kw
+
+
+def _bias_rows(bias, options):
+    """Split ``bias`` (already in accumulator units) into ``bias_terms`` E4M3 rows whose sum,
+    times the ONES code's value 2**o, is the bias to about 12 significant bits. Returns
+    (codes R x N, o)."""
+    top = float(np.abs(bias).max(initial=0))
+    o = max(0, int(math.ceil(math.log2(top / E4M3_MAX))) + 1) if top > 0 else 0
+    if o > 8:
+        raise ValueError("bias too large for the ONES operand (2**8 at most)")
+    rest = bias / 2.0 ** o
+    rows = []
+    for _ in range(options["bias_terms"]):
+        term = _e4m3_round(rest)
+        rows.append(_e4m3_codes(term))
+        rest = rest - term
+    return np.stack(rows), o
+
+
+def _fp8_ln_scales(cal, key, options):
+    """Per-channel power-of-two LayerNorm output scales 2**(E_c + k_j) for an INT8 output
+    feeding FP8 GEMMs: k_j per channel (token rows), E_c per row class. Returns
+    (scales 2 x N, k (N,), E (2,))."""
+    head = options["head_channel"]
+    k = np.ceil(np.log2(np.maximum(cal.chmax(key, "tok") * head, 1e-6) / 127)).astype(np.int64)
+    if options["cls_class"]:
+        need = cal.chmax(key, "cls") * head / 127 / 2.0 ** k
+        e_cls = int(np.ceil(np.log2(max(need.max(), 1e-6))))
+    else:
+        e_cls = 0
+        k = np.maximum(k, np.ceil(np.log2(np.maximum(cal.chmax(key) * head, 1e-6) / 127)).astype(np.int64))
+    e = np.array([0, e_cls])
+    return 2.0 ** (e[:, None] + k[None, :]), k, e
+
+
+def _fp8_input_tables(prefix, e, params):
+    """Tables from the LayerNorm's INT8 codes: GEMM input (E4M3 of code * 2**(E_c - E_max))
+    and the exact residual pair hi + lo = code * 2**(E_c - E_max + 1). One set per row class."""
+    e_max = int(e.max())
+    codes = np.arange(256)
+    values = np.where(codes < 128, codes, codes - 256).astype(np.float64)
+    gemm, hi, lo = [], [], []
+    for ec in e:
+        v = values * 2.0 ** (int(ec) - e_max)
+        gemm.append(_signed_bytes(_fp32_e4m3_codes(v)))
+        v2 = v * 2.0
+        h = _e4m3_round(v2)
+        assert np.array_equal(_e4m3_round(v2 - h) + h, v2), "residual split must be exact"
+        hi.append(_signed_bytes(_e4m3_codes(h)))
+        lo.append(_signed_bytes(_e4m3_codes(v2 - h)))
+    params[f"{prefix}.e.tables"] = np.stack(gemm)[:, None, :]
+    params[f"{prefix}.hi.tables"] = np.stack(hi)[:, None, :]
+    params[f"{prefix}.lo.tables"] = np.stack(lo)[:, None, :]
+    return e_max
+
+
+def build_e4m3(weights=None, calibration=None, **overrides):
+    """The FP8 (E4M3) program: every GEMM in E4M3 with power-of-two scales, FP32 results
+    converted by :mod:`sim.golden.fp_convert` (see docs/minilm.md)."""
+    options = dict(E4M3_OPTIONS, **overrides)
+    w = weights if weights is not None else load_weights()
+    cal = calibration if calibration is not None else collect_calibration(w)
+    params = {}
+    info = {"options": options, "exponents": {}}
+    E4 = MatmulMode.E4M3
+    head_c = options["head_channel"]
+    program = [mq.HostEmbed("e16", note="host: word + position + type, INT16")]
+    s_e = cal.tmax("emb_sum") * options["head_ln16"] / 32767
+    params["host.word"] = w.word_embeddings.astype(np.float32)
+    params["host.position"] = w.position_embeddings.astype(np.float32)
+    params["host.token_type"] = w.token_type_embeddings.astype(np.float32)
+    params["host.embed_scale"] = np.array(s_e)
+
+    def ln_outputs(prefix, gamma, beta, in_scale, key, layer, src, name):
+        scales, k, e = _fp8_ln_scales(cal, key, options)
+        _layernorm_param_set(prefix, gamma, beta, in_scale, scales, params)
+        e_max = _fp8_input_tables(prefix, e, params)
+        program.extend([
+            mq.LayerNorm16(name, src, prefix, layer, "LayerNorm (INT8 out, power-of-two scales)"),
+            mq.Activation(f"{name}_e", name, f"{prefix}.e", ((0, HIDDEN),), layer=layer, note="to E4M3 (table)"),
+            mq.Activation(f"{name}_hi", name, f"{prefix}.hi", ((0, HIDDEN),), layer=layer, note="residual, high part"),
+            mq.Activation(f"{name}_lo", name, f"{prefix}.lo", ((0, HIDDEN),), layer=layer, note="residual, low part"),
+        ])
+        return k, e_max
+
+    def gemm_weight(name, wt, x_in, row_exp, kw, rw):
+        """E4M3 codes of diag(2**row_exp) wt * 2**kw (rows are activation channels)."""
+        scaled_x = x_in / 2.0 ** row_exp
+        params[name] = _e4m3_weight_codes(wt * 2.0 ** row_exp[:, None], scaled_x, kw, options, rw)
+
+    def bias(name, b_acc):
+        codes, o = _bias_rows(b_acc, options)
+        params[name] = codes
+        params[f"{name}.ones"] = np.array(_e4m3_codes(np.array([2.0 ** o]))[0], dtype=np.uint8)
+        return o
+
+    def residual_diag(name, k_res, e_max, kacc):
+        a = k_res + e_max + kacc - 1
+        if a.max() > 8 or a.min() < -9:
+            raise ValueError(f"{name}: residual exponents {a.min()}..{a.max()} outside E4M3")
+        params[name] = _e4m3_codes(np.diag(2.0 ** a))
+
+    k_x, emax_x = ln_outputs("ln_emb", w.emb_ln_gamma, w.emb_ln_beta, s_e, "l0.x", -1, "e16", "x")
+    for li, lw in enumerate(w.layers):
+        L = f"l{li}"
+        rw_attn = cal.row_weights(f"{L}.res1")
+        rw_ffn = cal.row_weights(f"{L}.res2")
+        x = cal.rows(f"{L}.x")
+        row_exp = (k_x + emax_x).astype(np.float64)  # x_e = x_real * 2**-(k_j + E_max)
+        # ---- QKV: one weight exponent per Q, K, V block
+        kws, outs = [], []
+        for blk, (wt, key) in enumerate(((lw.wq, "q"), (lw.wk, "k"), (lw.wv, "v"))):
+            kws.append(_pow2_exponent(np.abs(wt * 2.0 ** row_exp[:, None]).max(), E4M3_MAX) - 1)
+            outs.append(_pow2_exponent(cal.tmax(f"{L}.{key}"), E4M3_MAX / 2))
+        wqkv = np.concatenate([lw.wq * 2.0 ** kws[0], lw.wk * 2.0 ** kws[1], lw.wv * 2.0 ** kws[2]], axis=1)
+        exact_in = options["exact_ln_inputs"]
+        # hi + lo = code * 2**(E_c - E_max + 1): twice x_e, so W's rows take 2**(k_j + E_max - 1)
+        gemm_weight(f"{L}.wqkv", wqkv, x, row_exp - (1 if exact_in else 0), 0, rw_attn)
+        kw_col = np.repeat(kws, HIDDEN)
+        bias(f"{L}.bqkv", np.concatenate([lw.bq, lw.bk, lw.bv]) * 2.0 ** kw_col)
+        x_passes = ((("x_hi", f"{L}.wqkv"), ("x_lo", f"{L}.wqkv")) if exact_in else (("x_e", f"{L}.wqkv"),))
+        program.append(mq.MatMul("qkv_acc", x_passes + ((mq.ONES, f"{L}.bqkv"),), E4, li,
+                                 "Q|K|V projection + bias rows"))
+        params[f"{L}.qkv.shift"] = np.repeat(np.array(outs) - np.array(kws), HIDDEN)
+        program.append(mq.ToE4M3("qkv", "qkv_acc", f"{L}.qkv", li, "Q, K, V to E4M3 (2**k per tensor)"))
+        kq, kk, kv = outs
+        # ---- attention
+        raw_max = cal.scores_max(li) * math.sqrt(HEAD_DIM)         # |q.k| before 1/sqrt(d)
+        ks = np.array([_pow2_exponent(m, 127) for m in raw_max])
+        params[f"{L}.scores.shift"] = ks - kq - kk
+        params[f"{L}.softmax.table"] = np.stack([softmax_golden.exp_table(2.0 ** -int(k) / math.sqrt(HEAD_DIM))
+                                                 for k in ks])
+        u8 = np.arange(256, dtype=np.float64)                  # u / 256 * 2**8
+        p_hi = _e4m3_round(u8)
+        params[f"{L}.p.tables"] = _signed_bytes(_e4m3_codes(p_hi))[None, :]
+        params[f"{L}.plo.tables"] = _signed_bytes(_e4m3_codes(u8 - p_hi))[None, :]
+        assert np.array_equal(_e4m3_round(u8 - p_hi) + p_hi, u8)
+        p_ops = [mq.Activation("p_e", "p", f"{L}.p", ((0, 10**9),), True, li, "probabilities to E4M3 (table)")]
+        if options["exact_p"]:
+            p_ops.append(mq.Activation("p_lo", "p", f"{L}.plo", ((0, 10**9),), True, li,
+                                       "probabilities, low part (P = hi + lo exactly)"))
+        p_names = ("p_e", "p_lo") if options["exact_p"] else "p_e"
+        kc = _pow2_exponent(cal.tmax(f"{L}.ctx"), E4M3_MAX / 2)
+        program += [
+            mq.AttnScores("s_acc", "qkv", 0, HIDDEN, HEADS, HEAD_DIM, E4, li, "Q_h K_h^T"),
+            mq.ToInt("s", "s_acc", f"{L}.scores", 8, True, li, "scores to INT8 (2**k per head)"),
+            mq.Softmax("p", "s", f"{L}.softmax", li, "UINT8 probabilities, valid-length mask"),
+            *p_ops,
+            mq.AttnContext("c_acc", p_names, "qkv", 2 * HIDDEN, HEADS, HEAD_DIM, E4, li, "P_h V_h"),
+            mq.ToE4M3("ctx", "c_acc", f"{L}.ctx", li, "context to E4M3"),
+        ]
+        # ---- output projection + bias + residual, one accumulation
+        k_res, emax_res = k_x, emax_x
+        kwo = _pow2_exponent(np.abs(lw.wo).max(), E4M3_MAX) - 1
+        kc, kwo = _fit_accumulator(kc, kwo, 9 - int((k_res + emax_res).max()))
+        kacc = kc + kwo
+        params[f"{L}.ctx.shift"] = np.full(HIDDEN, kc - 8 - kv)
+        ctx = cal.rows(f"{L}.ctx")
+        gemm_weight(f"{L}.wo", lw.wo, ctx * 2.0 ** kc, np.zeros(HIDDEN), kwo, rw_attn)
+        bias(f"{L}.bo", lw.bo * 2.0 ** kacc)
+        residual_diag(f"{L}.d1", k_res, emax_res, kacc)
+        s16 = _pow2_exponent(cal.tmax(f"{L}.res1") * options["head_ln16"], 32767)
+        params[f"{L}.r1.shift"] = np.full(HIDDEN, s16 - kacc)
+        program += [
+            mq.MatMul("r1_acc", (("ctx", f"{L}.wo"), (mq.ONES, f"{L}.bo"), ("x_hi", f"{L}.d1"), ("x_lo", f"{L}.d1")),
+                      E4, li, "output projection + bias rows + residual (hi, lo) passes"),
+            mq.ToInt("r1", "r1_acc", f"{L}.r1", 16, False, li, "to INT16 (LayerNorm input)"),
+        ]
+        k_h, emax_h = ln_outputs(f"{L}.ln1", lw.ln1_gamma, lw.ln1_beta, 2.0 ** -s16, f"{L}.h", li, "r1", "h")
+        # ---- FFN
+        h = cal.rows(f"{L}.h")
+        u_all = cal.rows(f"{L}.ffn_in")
+        order, groups = _gelu_groups(np.abs(u_all).max(axis=0), options["gelu_groups"])
+        row_exp_h = (k_h + emax_h).astype(np.float64)
+        w1 = lw.w1[:, order]
+        kw1 = _pow2_exponent(np.abs(w1 * 2.0 ** row_exp_h[:, None]).max(), E4M3_MAX) - 1
+        gemm_weight(f"{L}.w1", w1, h, row_exp_h - (1 if exact_in else 0), kw1, rw_ffn)
+        bias(f"{L}.b1", lw.b1[order] * 2.0 ** kw1)
+        h_passes = ((("h_hi", f"{L}.w1"), ("h_lo", f"{L}.w1")) if exact_in else (("h_e", f"{L}.w1"),))
+        u = u_all[:, order]
+        g = cal.rows(f"{L}.gelu")[:, order]
+        kg = _pow2_exponent(np.abs(g).max(), E4M3_MAX / 2)
+        shifts = np.zeros(FFN, dtype=np.int64)
+        tables = []
+        for start, stop in groups:
+            gu = _pow2_exponent(np.abs(u[:, start:stop]).max() * options["head_channel"], 127)
+            shifts[start:stop] = gu - kw1
+            codes = np.arange(256)
+            real = np.where(codes < 128, codes, codes - 256) * 2.0 ** -gu
+            tables.append(real)
+        params[f"{L}.u.shift"] = shifts
+        program += [
+            mq.MatMul("u_acc", h_passes + ((mq.ONES, f"{L}.b1"),), E4, li, "FFN up + bias rows"),
+            mq.ToInt("u", "u_acc", f"{L}.u", 8, False, li, "GELU input to INT8 (2**k per group)"),
+            mq.Activation("g", "u", f"{L}.gelu", groups, layer=li, note="GELU to E4M3, one table per group"),
+        ]
+        kw2 = _pow2_exponent(np.abs(lw.w2).max(), E4M3_MAX) - 1
+        kg, kw2 = _fit_accumulator(kg, kw2, 9 - int((k_h + emax_h).max()))
+        kacc2 = kg + kw2
+        params[f"{L}.gelu.tables"] = np.stack([_signed_bytes(_fp32_e4m3_codes(minilm_float.gelu(real) * 2.0 ** kg))
+                                                for real in tables])
+        gemm_weight(f"{L}.w2", lw.w2[order], g * 2.0 ** kg, np.zeros(FFN), kw2, rw_ffn)
+        bias(f"{L}.b2", lw.b2 * 2.0 ** kacc2)
+        residual_diag(f"{L}.d2", k_h, emax_h, kacc2)
+        s16b = _pow2_exponent(cal.tmax(f"{L}.res2") * options["head_ln16"], 32767)
+        params[f"{L}.r2.shift"] = np.full(HIDDEN, s16b - kacc2)
+        program += [
+            mq.MatMul("r2_acc", (("g", f"{L}.w2"), (mq.ONES, f"{L}.b2"), ("h_hi", f"{L}.d2"), ("h_lo", f"{L}.d2")),
+                      E4, li, "FFN down + bias rows + residual (hi, lo) passes"),
+            mq.ToInt("r2", "r2_acc", f"{L}.r2", 16, False, li, "to INT16 (LayerNorm input)"),
+        ]
+        info["exponents"][L] = {"qkv_w": kws, "q": kq, "k": kk, "v": kv, "ctx": kc, "wo": kwo,
+                                "acc1": kacc, "w1": kw1, "gelu": kg, "w2": kw2, "acc2": kacc2,
+                                "r1_int16": s16, "r2_int16": s16b}
+        if li + 1 < len(w.layers):
+            k_x, emax_x = ln_outputs(f"{L}.ln2", lw.ln2_gamma, lw.ln2_beta, 2.0 ** -s16b, f"l{li + 1}.x",
+                                     li, "r2", "x")
+        else:
+            s_out = cal.chmax("out") * head_c / 127
+            params["out.scale"] = s_out
+            _layernorm_param_set(f"{L}.ln2.out", lw.ln2_gamma, lw.ln2_beta, 2.0 ** -s16b, s_out, params)
+            program.append(mq.LayerNorm16("x_out", "r2", f"{L}.ln2.out", li, "LayerNorm 2, output"))
+    program.append(mq.HostPool("x_out", "out", note="host: dequantize, mean over valid rows, L2"))
+    return mq.QuantizedMiniLM("e4m3", tuple(program), params, HIDDEN, HEADS, info)
+
+
+# --------------------------------------------------------------------------- cache
+
+def _fingerprint(dtype, options):
+    folder = model_dir()
+    stat = (folder / "model.safetensors").stat()
+    calibration = (Path(__file__).resolve().parent / "calibration.txt").read_bytes()
+    key = json.dumps({"dtype": dtype, "options": options, "version": VERSION,
+                      "weights": [stat.st_size], "numpy": np.__version__},
+                     sort_keys=True).encode() + calibration
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+def cache_path(dtype, options, cache_dir=None):
+    root = Path(cache_dir) if cache_dir is not None else Path(__file__).resolve().parents[2] / "build" / "minilm"
+    return root / f"minilm-{dtype}-{_fingerprint(dtype, options)}.pkl"
+
+
+def load_or_build(dtype="int8", cache_dir=None, weights=None, calibration=None, **overrides):
+    """The quantized model for ``dtype`` ("int8" or "e4m3"), from the cache in build/minilm/
+    if present (keyed by the options, the scheme version, the weights and the calibration
+    file), else built and cached."""
+    if dtype not in ("int8", "e4m3"):
+        raise ValueError(f"dtype must be 'int8' or 'e4m3', not {dtype!r}")
+    options = dict(INT8_OPTIONS if dtype == "int8" else E4M3_OPTIONS, **overrides)
+    path = cache_path(dtype, options, cache_dir)
+    if path.is_file():
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    builder = build_int8 if dtype == "int8" else build_e4m3
+    model = builder(weights, calibration, **options)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)
+    return model
