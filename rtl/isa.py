@@ -145,6 +145,19 @@ TableInstruction = data.StructLayout({
 #: - REQUANT: INT32 values (4 input words per output word) requantized per column like
 #:   GEMM's REQUANT post op, parameters at ``param_base`` in WGT (10 words per ``lanes``
 #:   columns); with ``activate`` through the activation table too.
+#:
+#: 16-bit rows (``wide``): a row of N INT16 values takes 2 N / lanes words, element c in
+#: word c // (lanes / 2), bytes 2 (c % (lanes / 2)) and the next (little-endian).
+#:
+#: - ``wide`` with LAYERNORM: the input rows are INT16 (``2 x words`` input words per row,
+#:   :func:`sim.golden.int16_ops.layernorm_int16`); the output stays INT8.
+#: - ``wide`` with REQUANT: INT16 outputs (16-bit zero point and clamp,
+#:   :func:`sim.golden.int16_ops.requantize_int16`): ``words`` counts output words, two
+#:   per ``lanes`` columns.
+#: - ``residual`` with REQUANT: ``acc + residual * d`` before the bias
+#:   (:func:`sim.golden.int16_ops.requantize_residual_int16`); the INT8 residual row r is
+#:   read from WGT at ``res_base + r * res_stride`` (one word per ``lanes`` columns).
+#: - Any other opcode with ``wide`` or ``residual`` set raises BAD_FIELD.
 VectorInstruction = data.StructLayout({
     "header": Header,
     "dst_bank": Bank,
@@ -163,6 +176,10 @@ VectorInstruction = data.StructLayout({
     "gamma_frac": 5,
     "param_base": 16,
     "activate": 1,
+    "wide": 1,
+    "residual": 1,
+    "res_base": 16,
+    "res_stride": 16,
 })
 
 Instruction = data.UnionLayout({
