@@ -25,6 +25,7 @@ UNITS = {
     "fp8_encoder": FP8Encoder,
     "fp8_multiplier": FP8Multiplier,
     "requantizer": Requantizer,
+    "requantizer_ext": partial(Requantizer, extended=True),  # + INT16 output and residual term
     "softmax": Softmax,              # rows up to 512, one lane
     "layernorm": LayerNorm,          # LayerNorm / RMSNorm, hidden size up to 1024, one lane
     "activation": Activation,        # 256-entry INT8 table (GELU, SiLU, ...), one lane

@@ -378,3 +378,254 @@ def test_rtl_edge_and_random_verilator():
 def test_rtl_random_stalls_verilator():
     run_cocotb(Requantizer(), name="requantizer", test_module="tests.benches.tb_requantizer",
                testcase="random_stalls", extra_env={"SEED": 11})
+
+
+# --- extended requantizer: INT16 output, 16-bit zero point, residual term -----------------------
+
+EXT_FIELDS = ("accumulator", "bias", "multiplier", "shift", "zero_point", "wide", "residual",
+              "residual_multiplier")
+INT16_MIN, INT16_MAX = -(1 << 15), (1 << 15) - 1
+D_MAX = 0xFFFF
+
+
+def _ext_cases(**fields):
+    arrays = np.broadcast_arrays(*(np.asarray(fields[name], dtype=np.int64) for name in EXT_FIELDS))
+    return {name: a.ravel().copy() for name, a in zip(EXT_FIELDS, arrays)}
+
+
+def _ext_concat(*parts):
+    return {name: np.concatenate([p[name] for p in parts]) for name in EXT_FIELDS}
+
+
+def _keep_in_int32(acc, residual, d):
+    """The accumulator moved so that ``acc + residual * d`` stays in INT32 (the golden
+    model's precondition; the RTL is exact beyond it, see test_ext_rtl_exact_beyond_int32)."""
+    rd = np.asarray(residual, dtype=np.int64) * np.asarray(d, dtype=np.int64)
+    return np.clip(acc, INT32_MIN - rd, INT32_MAX - rd)
+
+
+def _ext_split(x, rng):
+    """``accumulator, bias, residual, d`` with ``acc + residual * d + bias == x`` (|x| <= 2**32)
+    and ``acc + residual * d`` in INT32."""
+    x = np.asarray(x, dtype=np.int64)
+    residual = rng.integers(-128, 128, x.shape)
+    d = np.where(rng.random(x.shape) < 0.2, rng.choice([0, D_MAX], x.shape),
+                 rng.integers(0, D_MAX + 1, x.shape))
+    total, bias = _split(x, rng)  # total in INT32
+    acc = total - residual * d
+    outside = (acc < INT32_MIN) | (acc > INT32_MAX)  # then no residual: acc = total
+    d = np.where(outside, 0, d)
+    return np.where(outside, total, acc), bias, residual, d
+
+
+def ext_edge_cases():
+    """Edge cases of the extended requantizer (about 25,000 elements):
+
+    - a grid of extreme accumulators, biases, multipliers (0, 1, 2**30, 2**31 - 1), shifts
+      (-32 and 31 invalid, -31, 0, 1, 30), zero points (-32768, -128, 0, 127, 32767), both
+      widths and residual pairs (0 x 0, -128 x 65535, 127 x 65535, 1 x 1, -1 x 0, 127 x 0),
+      the accumulator moved so that ``acc + residual * d`` reaches both INT32 limits;
+    - y (scale 1) on both sides of both clamps of both widths and of the RTL's
+      [-65536, 65536] pre-limit, with extreme zero points, the residual making up part of y;
+    - exact ties and their neighbours, t = 1..32, with a residual term.
+    """
+    rng = np.random.default_rng(4242)
+    pairs = np.array([(0, 0), (-128, D_MAX), (127, D_MAX), (1, 1), (-1, 0), (127, 0)])
+    grid = np.array(list(itertools.product(
+        [INT32_MIN, -1, 0, 1, INT32_MAX], [INT32_MIN, 0, INT32_MAX], [0, 1, 1 << 30, MULTIPLIER_MAX],
+        [-32, -31, 0, 1, 30, 31], [INT16_MIN, -128, 0, 127, INT16_MAX], [0, 1], range(len(pairs))))).T
+    acc, bias, multiplier, shift, zp, wide, pair = grid
+    residual, d = pairs[pair].T
+    parts = [_ext_cases(accumulator=_keep_in_int32(acc, residual, d), bias=bias, multiplier=multiplier,
+                        shift=shift, zero_point=zp, wide=wide, residual=residual,
+                        residual_multiplier=d)]
+
+    # Scale 1: y = x around -65536, -32768, -128, 0, 127, 32767, 65536.
+    y = np.concatenate([np.arange(c - 12, c + 13) for c in (-65536, -32768, -128, 0, 127, 32767, 65536)]
+                       + [np.arange(-300, 301, 7)])
+    zps = [INT16_MIN, INT16_MIN + 1, -129, -128, -1, 0, 1, 127, 128, INT16_MAX - 1, INT16_MAX]
+    y, zp, wide = (v.ravel() for v in np.meshgrid(y, zps, [0, 1]))
+    acc, bias, residual, d = _ext_split(y, rng)
+    parts.append(_ext_cases(accumulator=acc, bias=bias, multiplier=1 << 30, shift=1, zero_point=zp,
+                            wide=wide, residual=residual, residual_multiplier=d))
+
+    # Ties with multiplier 1: x = k * 2**t + 2**(t - 1) + e, e in {-1, 0, 1}.
+    for t in range(1, 33):
+        k_max = ((1 << 32) - (1 << (t - 1)) - 2) >> t
+        k = np.unique(np.concatenate([[0, -1, 1, -2, k_max, -k_max - 1],
+                                      rng.integers(-k_max - 1, k_max + 1, 4)]))
+        x = ((k[:, None] << t) + (1 << (t - 1)) + np.array([-1, 0, 1])).ravel()
+        x = x[(x >= 2 * INT32_MIN) & (x <= 2 * INT32_MAX)]
+        acc, bias, residual, d = _ext_split(x, rng)
+        parts.append(_ext_cases(accumulator=acc, bias=bias, multiplier=1, shift=31 - t,
+                                zero_point=rng.integers(INT16_MIN, INT16_MAX + 1, len(x)),
+                                wide=rng.integers(0, 2, len(x)), residual=residual,
+                                residual_multiplier=d))
+    return _ext_concat(*parts)
+
+
+def ext_random_cases(rng, n):
+    """``n`` random cases: half uniform over every field (the sum kept in INT32), half with
+    the scale sized so that the result lands near the INT8 or INT16 range."""
+    half = n // 2
+    residual = rng.integers(-128, 128, half)
+    d = rng.integers(0, D_MAX + 1, half)
+    uniform = _ext_cases(
+        accumulator=_keep_in_int32(rng.integers(INT32_MIN, INT32_MAX, half, endpoint=True), residual, d),
+        bias=rng.integers(INT32_MIN, INT32_MAX, half, endpoint=True),
+        multiplier=rng.integers(0, MULTIPLIER_MAX, half, endpoint=True),
+        shift=rng.integers(-32, 31, half, endpoint=True),
+        zero_point=rng.integers(INT16_MIN, INT16_MAX, half, endpoint=True),
+        wide=rng.integers(0, 2, half), residual=residual, residual_multiplier=d)
+    rest = n - half
+    bits = rng.integers(0, 33, rest)
+    x = rng.integers(0, 1 << 32, rest) >> (32 - bits)
+    x = np.where(rng.random(rest) < 0.5, -x, x)
+    acc, bias, residual, d = _ext_split(np.clip(x, 2 * INT32_MIN, 2 * INT32_MAX), rng)
+    wide = rng.integers(0, 2, rest)
+    k = np.where(wide == 1, rng.integers(-2, 18, rest), rng.integers(-2, 10, rest))
+    zp = np.where(wide == 1, rng.integers(INT16_MIN, INT16_MAX, rest, endpoint=True),
+                  rng.integers(-128, 127, rest, endpoint=True))
+    scaled = _ext_cases(accumulator=acc, bias=bias,
+                        multiplier=rng.integers(1 << 30, MULTIPLIER_MAX, rest, endpoint=True),
+                        shift=np.clip(k + 1 - bits, -31, 30), zero_point=zp, wide=wide,
+                        residual=residual, residual_multiplier=d)
+    return _ext_concat(uniform, scaled)
+
+
+def requantize_ext_python(accumulator, bias, multiplier, shift, zero_point, wide, residual, d):
+    """One element of the extended requantizer in plain integers: ``(value, saturated, error)``."""
+    if not -31 <= shift <= 30:
+        return 0, 0, 1
+    x = accumulator + residual * d + bias
+    t = 31 - shift
+    quotient, remainder = divmod(x * multiplier, 2 ** t)
+    y = quotient + (1 if 2 * remainder >= 2 ** t else 0)
+    z = y + zero_point
+    low, high = (INT16_MIN, INT16_MAX) if wide else (-128, 127)
+    value = min(max(z, low), high)
+    return value, int(value != z), 0
+
+
+def ext_python_fields(cases):
+    rows = [requantize_ext_python(*map(int, row)) for row in zip(*(cases[name] for name in EXT_FIELDS))]
+    return {name: np.array(col, dtype=np.int64) for name, col in zip(OUTPUTS, zip(*rows))}
+
+
+def ext_golden_fields(cases):
+    """Expected outputs from the golden models: ``requantize_residual_int16``; for INT8
+    outputs (``wide`` 0) its value clamped further to [-128, 127]."""
+    from sim.golden.int16_ops import requantize_residual_int16
+    c = cases
+    out16 = requantize_residual_int16(c["accumulator"], c["residual"], c["residual_multiplier"],
+                                      c["bias"], c["multiplier"], c["shift"], c["zero_point"])
+    value8 = np.clip(out16["value"], -128, 127)
+    narrow = {"value": value8, "saturated": out16["saturated"] | (value8 != out16["value"]),
+              "error": out16["error"]}
+    wide = c["wide"] == 1
+    return {name: np.where(wide, out16[name], narrow[name]) for name in OUTPUTS}
+
+
+def test_ext_golden_matches_python():
+    rng = np.random.default_rng(3)
+    cases = _ext_concat(ext_edge_cases(), ext_random_cases(rng, 40_000))
+    expected = ext_golden_fields(cases)
+    assert_fields_equal(expected, ext_python_fields(cases), inputs=cases)
+    # The stimulus reaches what it claims: both clamps of both widths, errors, extreme sums.
+    total = cases["accumulator"] + cases["residual"] * cases["residual_multiplier"]
+    assert total.min() == INT32_MIN and total.max() == INT32_MAX
+    valid = expected["error"] == 0
+    sat = valid & (expected["saturated"] == 1)
+    wide = cases["wide"] == 1
+    assert set(expected["value"][sat & wide]) == {INT16_MIN, INT16_MAX}
+    assert set(expected["value"][sat & ~wide]) == {-128, 127}
+    unsat = valid & (expected["saturated"] == 0)
+    assert len(set(expected["value"][unsat & ~wide])) == 256
+    assert np.count_nonzero(unsat & wide & (np.abs(expected["value"]) > 128)) > 1000
+
+
+def test_ext_narrow_equals_int8_golden():
+    """With ``wide`` 0 and an INT8 zero point the extended unit is the INT8 requantizer of
+    ``acc + residual * d`` (sim.golden.requantizer.requantize)."""
+    rng = np.random.default_rng(8)
+    cases = _ext_concat(ext_edge_cases(), ext_random_cases(rng, 20_000))
+    keep = (cases["wide"] == 0) & (np.abs(cases["zero_point"] + 0.5) < 128)
+    cases = {k: v[keep] for k, v in cases.items()}
+    total = cases["accumulator"] + cases["residual"] * cases["residual_multiplier"]
+    int8 = golden.requantize(total, cases["bias"], cases["multiplier"], cases["shift"],
+                             cases["zero_point"])
+    assert_fields_equal(ext_golden_fields(cases), int8, inputs=cases)
+
+
+@pytest.mark.parametrize("acc,bias,mult,shift,zp,wide,res,d,value,saturated,error", [
+    (1000, 0, 1 << 30, 1, 0, 1, 0, 0, 1000, 0, 0),
+    (1000, 0, 1 << 30, 1, 0, 0, 0, 0, 127, 1, 0),
+    (0, 5, 1 << 30, 1, 0, 1, -1, 300, -295, 0, 0),
+    (INT32_MIN + 128 * D_MAX, 0, 1 << 30, 1, 0, 1, -128, D_MAX, INT16_MIN, 1, 0),  # sum INT32_MIN
+    (INT32_MAX - 127 * D_MAX, 0, 1 << 30, -31, 0, 1, 127, D_MAX, 0, 0, 0),  # (2**31 - 1) / 2**32
+    (INT32_MAX - 127 * D_MAX, INT32_MAX, MULTIPLIER_MAX, -31, -1, 0, 127, D_MAX, 1, 0, 0),
+    (0, 0, 1 << 30, 1, INT16_MAX, 1, 1, 1, INT16_MAX, 1, 0),  # 1 + 32767
+    (0, 0, 1 << 30, 1, INT16_MIN, 1, -1, 1, INT16_MIN, 1, 0),
+    (0, 0, 1 << 30, 1, INT16_MIN, 1, 0, D_MAX, INT16_MIN, 0, 0),  # d without a residual
+    (-32768, 0, 1 << 30, 1, 0, 1, 0, 0, INT16_MIN, 0, 0),
+    (65536, 0, 1 << 30, 1, INT16_MIN, 1, 0, 0, INT16_MAX, 1, 0),
+    (65535, 0, 1 << 30, 1, INT16_MIN, 1, 0, 0, INT16_MAX, 0, 0),
+    (3, 0, 1 << 30, 0, 0, 1, 127, 2, 129, 0, 0),  # (3 + 254) / 2 = 128.5 rounds up
+    (3, 0, 1 << 30, 0, 0, 0, 127, 2, 127, 1, 0),  # the same, INT8
+    (100, 0, 1 << 30, 31, 3, 1, 5, 5, 0, 0, 1),  # invalid shift
+    (100, 0, 1 << 30, -32, 3, 0, 5, 5, 0, 0, 1),
+])
+def test_ext_python_hand_computed(acc, bias, mult, shift, zp, wide, res, d, value, saturated, error):
+    assert requantize_ext_python(acc, bias, mult, shift, zp, wide, res, d) == (value, saturated, error)
+    got = ext_golden_fields(_ext_cases(accumulator=acc, bias=bias, multiplier=mult, shift=shift,
+                                       zero_point=zp, wide=wide, residual=res, residual_multiplier=d))
+    assert (int(got["value"][0]), int(got["saturated"][0]), int(got["error"][0])) == (value, saturated, error)
+
+
+def test_ext_latency_and_throughput_pysim():
+    from rtl.numerics.requantizer import ExtendedRequantizerInput, ExtendedRequantizerOutput
+    dut = Requantizer(extended=True)
+    acc = np.arange(16) * 1000 - 8000
+    payloads = pack(ExtendedRequantizerInput, dict(accumulator=acc, multiplier=1 << 30, shift=1, wide=1,
+                                                   residual=1, residual_multiplier=7))
+    seen = output_timing(dut, payloads)
+    assert dut.latency == 5
+    assert [c for c, _ in seen] == [dut.latency + k for k in range(16)]
+    assert unpack(ExtendedRequantizerOutput, [p for _, p in seen])["value"].tolist() == (acc + 7).tolist()
+
+
+@pytest.mark.parametrize("stall,backpressure", [(0, 0), (0.5, 0.5)])
+def test_ext_rtl_matches_golden_pysim(stall, backpressure):
+    from rtl.numerics.requantizer import ExtendedRequantizerInput, ExtendedRequantizerOutput
+    rng = np.random.default_rng(29 + int(10 * stall))
+    cases = _ext_concat(subsample(ext_edge_cases(), 2000, rng), ext_random_cases(rng, 1000))
+    out = run_stream(Requantizer(extended=True), pack(ExtendedRequantizerInput, cases), stall=stall,
+                     backpressure=backpressure, seed=5)
+    assert_fields_equal(unpack(ExtendedRequantizerOutput, out), ext_golden_fields(cases), inputs=cases)
+
+
+def test_ext_rtl_exact_beyond_int32():
+    """``acc + residual * d`` outside INT32 (the golden model refuses it): the RTL still
+    computes it exactly (checked against the plain-integer model)."""
+    from rtl.numerics.requantizer import ExtendedRequantizerInput, ExtendedRequantizerOutput
+    from sim.golden.int16_ops import requantize_residual_int16
+    rng = np.random.default_rng(31)
+    n = 200
+    residual = rng.choice([-128, 127], n)
+    cases = _ext_cases(accumulator=np.where(residual > 0, INT32_MAX, INT32_MIN), bias=rng.choice(
+        [INT32_MIN, 0, INT32_MAX], n), multiplier=rng.integers(1 << 30, MULTIPLIER_MAX, n, endpoint=True),
+        shift=rng.integers(-31, 1, n), zero_point=rng.integers(INT16_MIN, INT16_MAX, n, endpoint=True),
+        wide=rng.integers(0, 2, n), residual=residual, residual_multiplier=rng.integers(1, D_MAX + 1, n))
+    with pytest.raises(ValueError, match="INT32"):
+        requantize_residual_int16(cases["accumulator"], cases["residual"], cases["residual_multiplier"],
+                                  cases["bias"], cases["multiplier"], cases["shift"], cases["zero_point"])
+    out = run_stream(Requantizer(extended=True), pack(ExtendedRequantizerInput, cases))
+    expected = ext_python_fields(cases)
+    assert expected["saturated"].sum() < n  # not all pinned at a clamp
+    assert_fields_equal(unpack(ExtendedRequantizerOutput, out), expected, inputs=cases)
+
+
+@pytest.mark.cocotb
+def test_ext_rtl_edge_and_random_verilator():
+    run_cocotb(Requantizer(extended=True), name="requantizer_ext",
+               test_module="tests.benches.tb_requantizer_ext", extra_env={"SEED": 23, "COUNT": 60_000})

@@ -26,6 +26,20 @@ zero point), so the unit itself holds no table; the tile engine that feeds it
 looks the channel's parameters up.
 
 Golden model: ``sim/golden/requantizer.py``.
+
+**Extended** (``Requantizer(extended=True)``, the core's post-processor uses it): each
+transfer also carries ``wide``, a 16-bit zero point and a residual term, for the
+all-MiniLM-L6-v2 mapping::
+
+    x   = accumulator + residual * residual_multiplier + bias     exact, 34-bit signed
+    ...                                                            as above
+    out = clamp(z, -32768, 32767) if wide else clamp(z, -128, 127)
+
+``residual`` is INT8, ``residual_multiplier`` (``d``) UINT16; ``residual * d = 0``
+(either 0) is the plain requantizer. Golden models: :func:`sim.golden.int16_ops.requantize_int16`
+and :func:`~sim.golden.int16_ops.requantize_residual_int16` (which require
+``accumulator + residual * d`` to stay within INT32; the RTL is exact beyond that too).
+With ``wide`` 0 and a zero point in [-128, 127] it equals the plain requantizer bit for bit.
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
@@ -33,7 +47,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 
-__all__ = ["SHIFT_MIN", "SHIFT_MAX", "RequantizerInput", "RequantizerOutput", "Requantizer"]
+__all__ = ["SHIFT_MIN", "SHIFT_MAX", "RequantizerInput", "RequantizerOutput",
+           "ExtendedRequantizerInput", "ExtendedRequantizerOutput", "Requantizer"]
 
 
 #: The valid range of ``shift``. The other two codes of its ``signed(6)`` field,
@@ -83,6 +98,50 @@ class RequantizerOutput(data.Struct):
     error: 1
 
 
+class ExtendedRequantizerInput(data.Struct):
+    """:class:`RequantizerInput` with a 16-bit zero point, the output width and a residual.
+
+    Members
+    -------
+    accumulator, bias, multiplier, shift
+        As :class:`RequantizerInput`.
+    zero_point : signed(16)
+        Added after rounding, before clamping.
+    wide : 1
+        Clamp to INT16 ([-32768, 32767]) instead of INT8.
+    residual : signed(8)
+        An INT8 code; ``residual * residual_multiplier`` is added to the accumulator
+        exactly, before the bias.
+    residual_multiplier : unsigned(16)
+        ``d``: the residual's scale in units of the accumulator's scale.
+    """
+    accumulator: signed(32)
+    bias: signed(32)
+    multiplier: unsigned(31)
+    shift: signed(6)
+    zero_point: signed(16)
+    wide: 1
+    residual: signed(8)
+    residual_multiplier: unsigned(16)
+
+
+class ExtendedRequantizerOutput(data.Struct):
+    """One requantized value, INT8 (sign-extended) or INT16.
+
+    Members
+    -------
+    value : signed(16)
+        ``clamp(z, -128, 127)``, or ``clamp(z, -32768, 32767)`` if ``wide``; 0 if ``error``.
+    saturated : 1
+        The clamp changed the value (0 if ``error``).
+    error : 1
+        ``shift`` was out of range (-32 or 31).
+    """
+    value: signed(16)
+    saturated: 1
+    error: 1
+
+
 class Requantizer(wiring.Component):
     """INT8 requantization of INT32 accumulators, one element per cycle.
 
@@ -103,65 +162,113 @@ class Requantizer(wiring.Component):
     ``error`` 1; the datapath still runs on a defined shift amount, its result is
     discarded.
 
-    Latency :attr:`latency` (4) cycles from an input transfer to ``o.valid``;
-    throughput one element per cycle. Backpressure stalls the whole pipeline
-    (``i.ready = ~o.valid | o.ready``).
+    With ``extended`` a stage comes first: ``accumulator + bias`` and ``residual *
+    residual_multiplier`` (an 8 x 16-bit product) are registered, s0 adds them (34
+    bits); the product is then 34 x 31 bits, and s3 limits ``y`` to [-65536, 65536]
+    (16-bit zero point) and clamps to INT8 or INT16 by ``wide``.
+
+    Latency :attr:`latency` (4, or 5 ``extended``) cycles from an input transfer to
+    ``o.valid``; throughput one element per cycle. Backpressure stalls the whole
+    pipeline (``i.ready = ~o.valid | o.ready``).
+
+    Parameters
+    ----------
+    extended : bool
+        Use :class:`ExtendedRequantizerInput` and :class:`ExtendedRequantizerOutput`.
 
     Members
     -------
     i : In(stream.Signature(RequantizerInput))
-        Accumulators with their bias, scale and zero point.
+        Accumulators with their bias, scale and zero point (and residual, if extended).
     o : Out(stream.Signature(RequantizerOutput))
-        INT8 values with saturation and error flags, in order.
+        INT8 (or INT16, if extended and wide) values with saturation and error flags,
+        in order.
     """
 
-    latency = 4
-
-    def __init__(self):
+    def __init__(self, *, extended=False):
+        self._extended = extended
+        self.latency = 5 if extended else 4
         super().__init__({
-            "i": In(stream.Signature(RequantizerInput)),
-            "o": Out(stream.Signature(RequantizerOutput)),
+            "i": In(stream.Signature(ExtendedRequantizerInput if extended else RequantizerInput)),
+            "o": Out(stream.Signature(ExtendedRequantizerOutput if extended else RequantizerOutput)),
         })
 
     def elaborate(self, platform):
         m = Module()
+        extended = self._extended
         advance = ~self.o.valid | self.o.ready
         m.d.comb += self.i.ready.eq(advance)
+        i = self.i.payload
+
+        # e0 (extended only): the bias sum and the residual product, registered apart so
+        # that the 8 x 16-bit product is not in series with the adders.
+        if extended:
+            x_width = 34  # |acc + bias| <= 2**32, |residual * d| < 2**23
+            zp_width = 16
+            e1_valid = Signal()
+            e1_sum = Signal(signed(33))
+            e1_product = Signal(signed(25))
+            e1_multiplier = Signal(unsigned(31))
+            e1_shift = Signal(signed(6))
+            e1_zero_point = Signal(signed(zp_width))
+            e1_wide = Signal()
+            with m.If(advance):
+                m.d.sync += [
+                    e1_valid.eq(self.i.valid),
+                    e1_sum.eq(i.accumulator + i.bias),
+                    e1_product.eq(i.residual * i.residual_multiplier),
+                    e1_multiplier.eq(i.multiplier),
+                    e1_shift.eq(i.shift),
+                    e1_zero_point.eq(i.zero_point),
+                    e1_wide.eq(i.wide),
+                ]
+            s0_valid, s0_sum = e1_valid, e1_sum + e1_product
+            s0_multiplier, s0_shift, s0_zero_point, s0_wide = (
+                e1_multiplier, e1_shift, e1_zero_point, e1_wide)
+        else:
+            x_width = 33
+            zp_width = 8
+            s0_valid, s0_sum = self.i.valid, i.accumulator + i.bias
+            s0_multiplier, s0_shift, s0_zero_point, s0_wide = i.multiplier, i.shift, i.zero_point, 0
 
         # s0: add the bias exactly; turn the TFLite exponent into a right-shift amount.
-        s0 = self.i.payload
-        s0_x = Signal(signed(33))
+        s0_x = Signal(signed(x_width))
         s0_error = Signal()
         s0_shift_amount = Signal(unsigned(6))  # t - 1 = 30 - shift, 0..61 when valid
         m.d.comb += [
-            s0_x.eq(s0.accumulator + s0.bias),
-            s0_error.eq((s0.shift < SHIFT_MIN) | (s0.shift > SHIFT_MAX)),
+            s0_x.eq(s0_sum),
+            s0_error.eq((s0_shift < SHIFT_MIN) | (s0_shift > SHIFT_MAX)),
             # For the error codes this wraps to 63 or 62: a defined, discarded result.
-            s0_shift_amount.eq(SHIFT_MAX - s0.shift),
+            s0_shift_amount.eq(SHIFT_MAX - s0_shift),
         ]
 
         s1_valid = Signal()
-        s1_x = Signal(signed(33))
+        s1_x = Signal(signed(x_width))
         s1_multiplier = Signal(unsigned(31))
         s1_shift_amount = Signal(unsigned(6))
-        s1_zero_point = Signal(signed(8))
+        s1_zero_point = Signal(signed(zp_width))
         s1_error = Signal()
+        s1_wide = Signal()
         with m.If(advance):
             m.d.sync += [
-                s1_valid.eq(self.i.valid),
+                s1_valid.eq(s0_valid),
                 s1_x.eq(s0_x),
-                s1_multiplier.eq(s0.multiplier),
+                s1_multiplier.eq(s0_multiplier),
                 s1_shift_amount.eq(s0_shift_amount),
-                s1_zero_point.eq(s0.zero_point),
+                s1_zero_point.eq(s0_zero_point),
                 s1_error.eq(s0_error),
             ]
+            if extended:
+                m.d.sync += s1_wide.eq(s0_wide)
 
-        # s1: the product. |x| <= 2**32 and multiplier < 2**31, so it fits signed(64).
+        # s1: the product. |x| <= 2**(x_width - 1) and multiplier < 2**31: exact in
+        # signed(x_width + 31) (64 bits plain, 65 extended).
         s2_valid = Signal()
-        s2_product = Signal(signed(64))
+        s2_product = Signal(signed(x_width + 31))
         s2_shift_amount = Signal(unsigned(6))
-        s2_zero_point = Signal(signed(8))
+        s2_zero_point = Signal(signed(zp_width))
         s2_error = Signal()
+        s2_wide = Signal()
         with m.If(advance):
             m.d.sync += [
                 s2_valid.eq(s1_valid),
@@ -170,20 +277,23 @@ class Requantizer(wiring.Component):
                 s2_zero_point.eq(s1_zero_point),
                 s2_error.eq(s1_error),
             ]
+            if extended:
+                m.d.sync += s2_wide.eq(s1_wide)
 
         # s2: round half up and shift by t. Arithmetic shifts are floors, so
         # floor((floor(p / 2**(t-1)) + 1) / 2) = floor((p + 2**(t-1)) / 2**t).
-        s2_truncated = Signal(signed(64))
-        s2_rounded = Signal(signed(63))  # |y| <= 2**62 - 1 for t >= 1
+        s2_truncated = Signal(signed(x_width + 31))
+        s2_rounded = Signal(signed(x_width + 30))  # |y| < 2**(x_width + 29) for t >= 1
         m.d.comb += [
             s2_truncated.eq(s2_product >> s2_shift_amount),
             s2_rounded.eq((s2_truncated + 1) >> 1),
         ]
 
         s3_valid = Signal()
-        s3_y = Signal(signed(63))
-        s3_zero_point = Signal(signed(8))
+        s3_y = Signal(signed(x_width + 30))
+        s3_zero_point = Signal(signed(zp_width))
         s3_error = Signal()
+        s3_wide = Signal()
         with m.If(advance):
             m.d.sync += [
                 s3_valid.eq(s2_valid),
@@ -191,17 +301,26 @@ class Requantizer(wiring.Component):
                 s3_zero_point.eq(s2_zero_point),
                 s3_error.eq(s2_error),
             ]
+            if extended:
+                m.d.sync += s3_wide.eq(s2_wide)
 
-        # s3: zero point and clamp. For y >= 256 (<= -256) every zero point in
-        # [-128, 127] saturates high (low), so y is limited to [-256, 256] first.
-        s3_y_limited = Signal(signed(10))
-        s3_z = Signal(signed(11))
-        s3_value = Signal(signed(8))
+        # s3: zero point and clamp. For y >= 2 * 2**(zp_width - 1) (<= -2 * ...) every
+        # zero point saturates high (low) with either clamp, so y is limited first:
+        # [-256, 256] plain (11-bit adder), [-65536, 65536] extended (19-bit).
+        limit = 1 << zp_width
+        s3_y_limited = Signal(signed(zp_width + 2))
+        s3_z = Signal(signed(zp_width + 3))
+        s3_value = Signal(signed(16 if extended else 8))
         m.d.comb += [
-            s3_y_limited.eq(Mux(s3_y > 256, 256, Mux(s3_y < -256, -256, s3_y))),
+            s3_y_limited.eq(Mux(s3_y > limit, limit, Mux(s3_y < -limit, -limit, s3_y))),
             s3_z.eq(s3_y_limited + s3_zero_point),
-            s3_value.eq(Mux(s3_z > 127, 127, Mux(s3_z < -128, -128, s3_z))),
         ]
+        if extended:
+            high = Mux(s3_wide, (1 << 15) - 1, 127)
+            low = Mux(s3_wide, -(1 << 15), -128)
+        else:
+            high, low = 127, -128
+        m.d.comb += s3_value.eq(Mux(s3_z > high, high, Mux(s3_z < low, low, s3_z)))
         with m.If(advance):
             m.d.sync += self.o.valid.eq(s3_valid)
             with m.If(s3_error):
