@@ -3,7 +3,7 @@
 import numpy as np
 
 from rtl.core.status import COUNTER_BASE, Counter, ErrorCode, Register
-from rtl.isa import PARAM_WORDS, Bank, Opcode, PostOp, TableTarget
+from rtl.isa import PARAM_WORDS, PARAM_WORDS_WIDE, Bank, Opcode, PostOp, TableTarget
 from rtl.matmul.mode import MatmulMode
 
 from .program import Program
@@ -52,7 +52,11 @@ class Accelerator:
         self.stats = stats
         read = transport.read_register
         self.lanes = read(Register.LANES)
-        self.fp8 = bool(read(Register.CONFIG) & 1)
+        config = read(Register.CONFIG)
+        self.fp8 = bool(config & 1)
+        self.vector_units = bool(config & 2)     # softmax, LayerNorm, activation, TABLE
+        self.requantizer = bool(config & 4)
+        self.scheduler = bool(config & 8)
         self.inp_words = read(Register.INP_WORDS)
         self.wgt_words = read(Register.WGT_WORDS)
         self.out_words = read(Register.OUT_WORDS)
@@ -152,6 +156,7 @@ class Accelerator:
         """``requantize(X @ W + bias)`` to INT8 per output channel (TFLite single rounding),
         optionally through a 256-entry activation table; bit-exact with
         :func:`sim.golden.requantizer.requantize` (and :func:`sim.golden.activation.apply`)."""
+        self._require("linear()", requant=True, vector=activation_table is not None)
         mode = MatmulMode(mode)
         if mode.value >= MatmulMode.E4M3.value:
             raise ValueError("linear() requantizes INT32 sums: use an integer mode (INT8, UINT8)")
@@ -180,6 +185,7 @@ class Accelerator:
         mode element j of row r is masked iff j > row_start + r + offset. Bit-exact with
         :func:`sim.golden.softmax.softmax`.
         """
+        self._require("softmax()", vector=True)
         x = self._int8_matrix(scores, "scores")
         m, t = x.shape
         words = self._tiles(t)
@@ -217,13 +223,27 @@ class Accelerator:
                             op, table=(TableTarget.SOFTMAX, table))
         return out[:, :t]
 
-    def layernorm(self, x, gamma_q, beta_q, gamma_frac, eps_q, *, rms=False):
+    def layernorm(self, x, gamma_q, beta_q, gamma_frac, eps_q, *, rms=False, in_bits=8):
         """LayerNorm (or RMSNorm) of INT8 rows ``x`` (M x N, N a multiple of the lanes) with
         the integer parameters of :func:`sim.golden.layernorm.quantize_params` and
         :func:`~sim.golden.layernorm.quantize_eps`; bit-exact with
-        :func:`sim.golden.layernorm.layernorm`."""
+        :func:`sim.golden.layernorm.layernorm`. With ``in_bits=16`` the rows are INT16
+        (-32768..32767; sent as 16-bit rows, the ``wide`` flag), bit-exact with
+        :func:`sim.golden.int16_ops.layernorm_int16`; the result is INT8 either way."""
+        self._require("layernorm()", vector=True)
         from rtl.layernorm import BETA_BITS, EPS_BITS, GAMMA_BITS, GAMMA_FRAC_MAX
-        x = self._int8_matrix(x, "x")
+        if in_bits not in (8, 16):
+            raise ValueError(f"in_bits must be 8 or 16, not {in_bits!r}")
+        wide = in_bits == 16
+        if wide:
+            x = np.asarray(x)
+            if x.ndim != 2:
+                raise ValueError(f"x must be a 2-D array, not shape {x.shape}")
+            if x.size and (x.dtype.kind not in "iu" or x.min() < -(1 << 15) or x.max() >= 1 << 15):
+                raise ValueError("x must hold INT16 values (-32768..32767) with in_bits=16")
+            x = x.astype("<i2")
+        else:
+            x = self._int8_matrix(x, "x")
         m, n = x.shape
         if n == 0 or n % self.lanes or n > self.max_hidden:
             raise ValueError(f"LayerNorm rows must have a multiple of {self.lanes} elements, "
@@ -242,15 +262,19 @@ class Accelerator:
         params = np.empty(2 * n, dtype=np.int64)
         params[0::2], params[1::2] = gamma_q, beta_q
 
+        in_words = 2 * words if wide else words
+
         def op(program, deps, rows, row0, src, dst):
             return program.add(Opcode.LAYERNORM, deps, dst_bank=Bank.OUT, rows=rows, words=words,
-                               src_base=src, src_stride=words, dst_base=dst, dst_stride=words,
-                               rms=int(bool(rms)), eps=int(eps_q), gamma_frac=int(gamma_frac))
+                               src_base=src, src_stride=in_words, dst_base=dst, dst_stride=words,
+                               rms=int(bool(rms)), eps=int(eps_q), gamma_frac=int(gamma_frac),
+                               wide=int(wide))
         out = self._rowwise(x.view(np.uint8), words, op, table=(TableTarget.LAYERNORM, params))
         return out.view(np.int8)
 
     def activation(self, x, table):
         """Every INT8 code of ``x`` (M x N) through the 256-entry ``table`` (int8 values)."""
+        self._require("activation()", vector=True)
         x = self._int8_matrix(x, "x")
         m, n = x.shape
         table = np.asarray(table, dtype=np.int64)
@@ -268,18 +292,45 @@ class Accelerator:
         return out.view(np.int8)[:, :n]
 
     def requantize(self, accumulators, *, bias, multiplier, shift, zero_point=0,
-                   activation_table=None):
-        """INT32 ``accumulators`` (M x N) requantized to INT8 per column, like :meth:`linear`
-        after its product (and through ``activation_table`` if given)."""
+                   activation_table=None, out_bits=8, residual=None, residual_multiplier=None):
+        """INT32 ``accumulators`` (M x N) requantized per column, like :meth:`linear` after its
+        product (and through ``activation_table`` if given, INT8 only).
+
+        ``out_bits`` 8 gives int8 results (:func:`sim.golden.requantizer.requantize`), 16 gives
+        int16 results (:func:`sim.golden.int16_ops.requantize_int16`; ``zero_point`` then
+        16-bit). With ``residual`` (M x N INT8 codes) and ``residual_multiplier`` (``d``, N
+        values in 0..65535) ``residual * d`` is added to the accumulators first
+        (:func:`sim.golden.int16_ops.requantize_residual_int16`); the sum must fit INT32.
+        """
+        self._require("requantize()", requant=True, vector=activation_table is not None)
         acc = np.asarray(accumulators)
         if acc.ndim != 2 or (acc.size and acc.dtype.kind not in "iu"):
             raise ValueError("accumulators must be a 2-D integer array")
         if acc.size and (acc.min() < -(1 << 31) or acc.max() >= 1 << 31):
             raise ValueError("accumulators must fit INT32")
+        if out_bits not in (8, 16):
+            raise ValueError(f"out_bits must be 8 or 16, not {out_bits!r}")
+        wide = out_bits == 16
+        if wide and activation_table is not None:
+            raise ValueError("an activation table takes INT8 values: use out_bits=8 with it")
+        if (residual is None) != (residual_multiplier is None):
+            raise ValueError("residual and residual_multiplier must be given together")
         m, n = acc.shape
-        params = self._params(n, bias, multiplier, shift, zero_point)
+        d = None
+        if residual is not None:
+            res = self._int8_matrix(residual, "residual")
+            if res.shape != acc.shape:
+                raise ValueError(f"residual must have the accumulators' shape {acc.shape}, "
+                                 f"not {res.shape}")
+            d = self._channel(n, "residual_multiplier", residual_multiplier, 0, 0xFFFF)
+            total = acc.astype(np.int64) + res.astype(np.int64) * d[None, :]
+            if total.size and (total.min() < -(1 << 31) or total.max() >= 1 << 31):
+                raise ValueError("accumulators + residual * residual_multiplier must fit INT32")
+        extended = wide or d is not None
+        params = self._params(n, bias, multiplier, shift, zero_point, zero_point_bits=out_bits,
+                              residual_multiplier=d, extended=extended)
         if m == 0 or n == 0:
-            return np.zeros((m, n), dtype=np.int8)
+            return np.zeros((m, n), dtype=np.int16 if wide else np.int8)
         tiles = self._tiles(n)
         table = None
         if activation_table is not None:
@@ -288,13 +339,23 @@ class Accelerator:
                 raise ValueError("activation_table must hold 256 int8 values")
         words_in = np.zeros((m, tiles * self.lanes), dtype="<i4")
         words_in[:, :n] = acc
+        out_words = 2 * tiles if wide else tiles
+        side = None
+        if d is not None:
+            side = self._padded(res.view(np.uint8), m, tiles * self.lanes, 0)
 
-        def op(program, deps, rows, row0, src, dst, param_base):
-            return program.add(Opcode.REQUANT, deps, dst_bank=Bank.OUT, rows=rows, words=tiles,
-                               src_base=src, src_stride=4 * tiles, dst_base=dst, dst_stride=tiles,
-                               param_base=param_base, activate=int(table is not None))
-        out = self._rowwise(words_in.view(np.uint8), tiles, op, params=params,
-                            table=None if table is None else (TableTarget.ACTIVATION, table))
+        def op(program, deps, rows, row0, src, dst, param_base, res_base=0):
+            return program.add(Opcode.REQUANT, deps, dst_bank=Bank.OUT, rows=rows, words=out_words,
+                               src_base=src, src_stride=4 * tiles, dst_base=dst,
+                               dst_stride=out_words, param_base=param_base,
+                               activate=int(table is not None), wide=int(wide),
+                               residual=int(side is not None), res_base=res_base,
+                               res_stride=tiles if side is not None else 0)
+        out = self._rowwise(words_in.view(np.uint8), out_words, op, params=params,
+                            table=None if table is None else (TableTarget.ACTIVATION, table),
+                            side=side)
+        if wide:
+            return out.view("<i2")[:, :n].astype(np.int16)
         return out.view(np.int8)[:, :n]
 
     def attention_head(self, q, k, v, *, score_params, softmax_table, out_params,
@@ -307,6 +368,7 @@ class Accelerator:
         of per-tensor (or per-column) ``bias``, ``multiplier``, ``shift``, ``zero_point``.
         K^T is never formed: the GEMM reads K through the weight transposer.
         """
+        self._require("attention_head()", vector=True, requant=True)
         lanes = self.lanes
         q, k, v = (self._int8_matrix(a, name) for a, name in ((q, "Q"), (k, "K"), (v, "V")))
         t, d = q.shape
@@ -375,6 +437,18 @@ class Accelerator:
 
     # -- Helpers --------------------------------------------------------------------------
 
+    def _require(self, what, *, vector=False, requant=False):
+        """A clear error for an op the core was built without (its CONFIG register)."""
+        missing = []
+        if vector and not self.vector_units:
+            missing.append("the softmax, LayerNorm and activation units")
+        if requant and not self.requantizer:
+            missing.append("requantizers")
+        if missing:
+            raise ValueError(f"{what} needs {' and '.join(missing)}, which this core was built "
+                             "without (e.g. an FPGA build: docs/fpga.md); use matmul() and "
+                             "finish on the host")
+
     def _int8_matrix(self, x, name):
         x = np.asarray(x)
         if x.ndim != 2:
@@ -391,15 +465,23 @@ class Accelerator:
         padded[:len(values)] = values
         return padded.view(np.uint8)
 
-    def _rowwise(self, rows_bytes, out_words, op, *, params=None, table=None):
+    def _rowwise(self, rows_bytes, out_words, op, *, params=None, table=None, side=None):
         """Run a row-wise op over ``rows_bytes`` (M x in_words words) in chunks: each chunk
         is loaded into one INP half, ``op`` writes it to one OUT half, a STORE takes it out;
-        halves alternate so the next chunk loads while this one computes."""
+        halves alternate so the next chunk loads while this one computes. ``side`` (M x
+        side_words words, REQUANT's residual) goes the same way through two WGT halves after
+        the table and parameters; ``op`` then gets its chunk's base as ``res_base``."""
         lanes = self.lanes
         m = rows_bytes.shape[0]
         in_words = rows_bytes.shape[1] // lanes
         inp_half, out_half = self.inp_words // 2, self.out_words // 2
         chunk = min(m, inp_half // in_words, out_half // out_words)
+        if side is not None:
+            side_words = side.shape[1] // lanes
+            fixed = (-(-len(self._table_words(*table)) // lanes) if table is not None else 0)
+            fixed += len(params) // lanes if params is not None else 0
+            side_half = (self.wgt_words - fixed) // 2
+            chunk = min(chunk, max(side_half, 0) // side_words)
         if chunk == 0:
             raise ValueError("rows too long for the on-chip buffers")
         address = 0
@@ -427,6 +509,10 @@ class Accelerator:
             p_load = program.load(bank=Bank.WGT, sram_base=param_base, sram_stride=0, rows=1,
                                   cols=len(params) // lanes, dram_base=p_base, dram_stride=0)
             first_deps = first_deps + [p_load]
+            w_used += len(params) // lanes
+        if side is not None:
+            s_base = address
+            address += self._write_words(s_base, side)
         y_base = address
         last_op = [first_deps[-1] if first_deps else None] * 2
         last_store = [None, None]
@@ -437,8 +523,17 @@ class Accelerator:
                                 sram_stride=in_words, rows=rows, cols=in_words,
                                 dram_base=x_base + r0 * in_words, dram_stride=in_words)
             deps = [load, last_store[h]] + ([d for d in first_deps if d is not None] if i == 0 else [])
+            extra = {}
+            if side is not None:
+                res_base = w_used + h * side_half
+                deps.append(program.load(deps=[last_op[h]], bank=Bank.WGT, sram_base=res_base,
+                                         sram_stride=side_words, rows=rows, cols=side_words,
+                                         dram_base=s_base + r0 * side_words,
+                                         dram_stride=side_words))
+                extra["res_base"] = res_base
             if params is not None:
-                last_op[h] = op(program, deps, rows, r0, h * inp_half, h * out_half, param_base)
+                last_op[h] = op(program, deps, rows, r0, h * inp_half, h * out_half, param_base,
+                                **extra)
             else:
                 last_op[h] = op(program, deps, rows, r0, h * inp_half, h * out_half)
             last_store[h] = program.store(deps=[last_op[h]], bank=Bank.OUT, sram_base=h * out_half,
@@ -462,26 +557,44 @@ class Accelerator:
             raise ValueError(f"this core was built without the FP8 modes ({mode.name})")
         return a.astype(np.uint8), w.astype(np.uint8)
 
-    def _params(self, n, bias, multiplier, shift, zero_point):
-        def channel(name, value, low, high):
-            v = np.broadcast_to(np.asarray(value, dtype=np.int64), (n,))
-            if v.size and (v.min() < low or v.max() > high):
-                raise ValueError(f"{name} must be in {low}..{high}")
-            return v
-        bias = channel("bias", bias, -(1 << 31), (1 << 31) - 1)
-        multiplier = channel("multiplier", multiplier, 0, (1 << 31) - 1)
-        shift = channel("shift", shift, -31, 30)
-        zero_point = channel("zero_point", zero_point, -128, 127)
+    @staticmethod
+    def _channel(n, name, value, low, high):
+        """A per-channel parameter broadcast to ``n`` values, checked against its field."""
+        array = np.asarray(value, dtype=np.int64)
+        try:
+            v = np.broadcast_to(array, (n,))
+        except ValueError:
+            raise ValueError(f"{name} must be one value or {n} (one per column), "
+                             f"not shape {array.shape}") from None
+        if v.size and (v.min() < low or v.max() > high):
+            raise ValueError(f"{name} must be in {low}..{high}")
+        return v
+
+    def _params(self, n, bias, multiplier, shift, zero_point, *, zero_point_bits=8,
+                residual_multiplier=None, extended=False):
+        """Requantization parameters per tile: PARAM_WORDS words, or PARAM_WORDS_WIDE with
+        ``extended`` (16-bit zero points and the residual multipliers, 0 if None)."""
+        bias = self._channel(n, "bias", bias, -(1 << 31), (1 << 31) - 1)
+        multiplier = self._channel(n, "multiplier", multiplier, 0, (1 << 31) - 1)
+        shift = self._channel(n, "shift", shift, -31, 30)
+        zp_limit = 1 << (zero_point_bits - 1)
+        zero_point = self._channel(n, "zero_point", zero_point, -zp_limit, zp_limit - 1)
+        d = np.zeros(n, np.int64) if residual_multiplier is None else residual_multiplier
         tiles = self._tiles(n)
         width = tiles * self.lanes
         pad = lambda v, dtype: np.concatenate([v, np.zeros(width - n, np.int64)]).astype(dtype)
-        bias, multiplier = pad(bias, "<i4"), pad(multiplier, "<u4")
-        shift, zero_point = pad(shift, np.int8), pad(zero_point, np.int8)
+        bias, multiplier, shift = pad(bias, "<i4"), pad(multiplier, "<u4"), pad(shift, np.int8)
+        zero_point = pad(zero_point, "<i2" if extended else np.int8)
+        d = pad(d, "<u2")
         blocks = []
         for j in range(tiles):
             cols = slice(j * self.lanes, (j + 1) * self.lanes)
-            blocks.append(b"".join([bias[cols].tobytes(), multiplier[cols].tobytes(),
-                                    shift[cols].tobytes(), zero_point[cols].tobytes()]))
+            fields = [bias[cols], multiplier[cols], shift[cols], zero_point[cols]]
+            if extended:
+                fields.append(d[cols])
+            blocks.append(b"".join(f.tobytes() for f in fields))
+        words = PARAM_WORDS_WIDE if extended else PARAM_WORDS
+        assert all(len(b) == words * self.lanes for b in blocks)
         return np.frombuffer(b"".join(blocks), dtype=np.uint8)
 
     def _plan(self, m, k_tiles, n_tiles, post):

@@ -29,7 +29,7 @@ from .matmul.mode import MatmulMode
 __all__ = [
     "INSTRUCTION_BITS", "Opcode", "Bank", "PostOp", "Header", "TransferInstruction",
     "GemmInstruction", "TableInstruction", "TableTarget", "VectorInstruction", "Instruction",
-    "LAYOUTS", "encode", "decode_opcode", "PARAM_WORDS",
+    "LAYOUTS", "encode", "decode_opcode", "PARAM_WORDS", "PARAM_WORDS_WIDE",
 ]
 
 
@@ -39,6 +39,13 @@ INSTRUCTION_BITS = 256
 #: order: bias (int32 x lanes: 4 words), multiplier (uint32 x lanes: 4 words),
 #: shift (int8 x lanes: 1 word), zero point (int8 x lanes: 1 word).
 PARAM_WORDS = 10
+
+#: Words of requantization parameters per ``lanes`` columns of a REQUANT with ``wide`` or
+#: ``residual``: bias (int32 x lanes: 4 words), multiplier (uint32 x lanes: 4 words), shift
+#: (int8 x lanes: 1 word), zero point (int16 x lanes: 2 words), the residual multiplier d
+#: (uint16 x lanes: 2 words); 16-bit values little-endian, element c of a 2-word field in
+#: word c // (lanes / 2) (the layout of 16-bit rows). GEMM and plain REQUANT use PARAM_WORDS.
+PARAM_WORDS_WIDE = 13
 
 
 class Opcode(enum.Enum, shape=4):
@@ -153,10 +160,14 @@ TableInstruction = data.StructLayout({
 #:   :func:`sim.golden.int16_ops.layernorm_int16`); the output stays INT8.
 #: - ``wide`` with REQUANT: INT16 outputs (16-bit zero point and clamp,
 #:   :func:`sim.golden.int16_ops.requantize_int16`): ``words`` counts output words, two
-#:   per ``lanes`` columns.
+#:   per ``lanes`` columns (so it must be even), and the INT32 input rows have ``2 x words``
+#:   words; ``activate`` with ``wide`` is BAD_FIELD.
 #: - ``residual`` with REQUANT: ``acc + residual * d`` before the bias
-#:   (:func:`sim.golden.int16_ops.requantize_residual_int16`); the INT8 residual row r is
-#:   read from WGT at ``res_base + r * res_stride`` (one word per ``lanes`` columns).
+#:   (:func:`sim.golden.int16_ops.requantize_residual_int16`; INT8 outputs are the same
+#:   value clamped to [-128, 127]); the INT8 residual row r is read from WGT at ``res_base +
+#:   r * res_stride`` (one word per ``lanes`` columns, checked like every operand: ADDRESS).
+#: - REQUANT with ``wide`` or ``residual`` takes :data:`PARAM_WORDS_WIDE` (13) parameter
+#:   words per ``lanes`` columns (16-bit zero points, ``d``); without, :data:`PARAM_WORDS` (10).
 #: - Any other opcode with ``wide`` or ``residual`` set raises BAD_FIELD.
 VectorInstruction = data.StructLayout({
     "header": Header,

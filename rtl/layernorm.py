@@ -31,7 +31,14 @@ of [2, 4)) gives y0 with relative error <= 0.8%, then one Newton-Raphson step
 ``y1 = y0 * (3 - m*y0**2) / 2`` with Q24 intermediates: max relative error
 1.0e-4 (measured, ``sim/golden/layernorm.py``). It runs once per row, in 8 cycles.
 
-Golden model: ``sim/golden/layernorm.py``.
+INT16 input (``input_bits=16``, for residual streams with outliers): the same
+algorithm with wider statistics and a wider normalizer in front of the same rsqrt
+table and Newton step (S1 signed 28, S2 unsigned 42, D < 2**50, V < 2**59 in 60
+bits, u signed 29, u*y signed 49); z, gamma, beta and the output stage are unchanged.
+Bit-exact with :func:`sim.golden.int16_ops.layernorm_int16`, which equals the INT8
+model on INT8 codes: a 16-bit unit serves INT8 rows sign-extended.
+
+Golden model: ``sim/golden/layernorm.py`` (``sim/golden/int16_ops.py`` for INT16).
 """
 
 import math
@@ -90,9 +97,12 @@ def layernorm_param_layout(max_hidden):
 
 
 class LayerNorm(wiring.Component):
-    """LayerNorm or RMSNorm of INT8 rows to INT8 (the function in the module docstring).
+    """LayerNorm or RMSNorm of INT8 (or INT16) rows to INT8 (the function in the module
+    docstring).
 
-    Bit-exact with :func:`sim.golden.layernorm.layernorm`.
+    Bit-exact with :func:`sim.golden.layernorm.layernorm` (``input_bits=8``) and
+    :func:`sim.golden.int16_ops.layernorm_int16` (``input_bits=16``; INT8 codes
+    sign-extended give the INT8 results).
 
     Use: load gamma and beta of every channel on ``params`` (index, gamma, beta;
     applied at once: write them between layers, with no row in flight). For each row,
@@ -119,12 +129,15 @@ class LayerNorm(wiring.Component):
         Largest N; a multiple of ``lanes``.
     lanes : int
         Elements per transfer; a power of two.
+    input_bits : int
+        8 (INT8 codes) or 16 (INT16 codes: wider row buffer, statistics, u and
+        normalizer; same latency and throughput).
 
     Members
     -------
     cmd : In(stream.Signature(layernorm_row_layout(max_hidden)))
         One descriptor per row: n, rms, eps, gamma_frac.
-    i : In(stream.Signature(ArrayLayout(signed(8), lanes)))
+    i : In(stream.Signature(ArrayLayout(signed(input_bits), lanes)))
         Input codes.
     o : Out(stream.Signature(ArrayLayout(signed(8), lanes)))
         Output codes.
@@ -141,17 +154,22 @@ class LayerNorm(wiring.Component):
 
     latency = 16
 
-    def __init__(self, max_hidden=1024, lanes=1):
+    def __init__(self, max_hidden=1024, lanes=1, input_bits=8):
         if not isinstance(lanes, int) or lanes < 1 or lanes & (lanes - 1):
             raise TypeError(f"Lane count must be a positive power of two, not {lanes!r}")
         if not isinstance(max_hidden, int) or max_hidden < lanes or max_hidden % lanes:
             raise TypeError(f"Maximum hidden size must be a positive multiple of the lane "
                             f"count, not {max_hidden!r}")
+        if input_bits not in (8, 16):
+            raise TypeError(f"Input width must be 8 or 16 bits, not {input_bits!r}")
+        if input_bits == 16 and max_hidden > 1024:
+            raise TypeError("An INT16 LayerNorm is built for N <= 1024 (its V < 2**59)")
         self._max_hidden = max_hidden
         self._lanes = lanes
+        self._input_bits = input_bits
         super().__init__({
             "cmd": In(stream.Signature(layernorm_row_layout(max_hidden))),
-            "i": In(stream.Signature(data.ArrayLayout(signed(8), lanes))),
+            "i": In(stream.Signature(data.ArrayLayout(signed(input_bits), lanes))),
             "o": Out(stream.Signature(data.ArrayLayout(signed(8), lanes))),
             "params": In(stream.Signature(layernorm_param_layout(max_hidden))),
             "error": Out(1),
@@ -160,6 +178,7 @@ class LayerNorm(wiring.Component):
 
     max_hidden = property(lambda self: self._max_hidden)
     lanes = property(lambda self: self._lanes)
+    input_bits = property(lambda self: self._input_bits)
 
     def elaborate(self, platform):
         m = Module()
@@ -168,14 +187,17 @@ class LayerNorm(wiring.Component):
         nbits = ceil_log2(self._max_hidden + 1)
         wbits = max(1, ceil_log2(words))
         lane_bits = ceil_log2(lanes)
-        s1_shape = signed(8 + nbits + 1)
-        s2_shape = unsigned(14 + nbits + 1)
-        d_shape = signed(nbits + 14 + nbits + 2)
-        v_shape = unsigned(44)
-        u_shape = signed(8 + nbits + 2)
+        xb = self._input_bits
+        sq_bits = 2 * xb - 2                      # |x|**2 <= 2**(2 xb - 2)
+        s1_shape = signed(xb + nbits + 1)
+        s2_shape = unsigned(sq_bits + nbits + 1)
+        d_shape = signed(nbits + sq_bits + nbits + 2)
+        v_bits = 44 + 2 * (xb - 8)                # INT8: V < 2**43; INT16: V < 2**59
+        v_shape = unsigned(v_bits)
+        u_shape = signed(xb + nbits + 2)
 
         # --- memories ---------------------------------------------------------------------
-        m.submodules.rows = rows = Memory(shape=data.ArrayLayout(signed(8), lanes),
+        m.submodules.rows = rows = Memory(shape=data.ArrayLayout(signed(xb), lanes),
                                           depth=BANKS * words, init=[])
         row_write = rows.write_port()
         row_read = rows.read_port()
@@ -238,8 +260,8 @@ class LayerNorm(wiring.Component):
                 m.d.sync += self.error_count.eq(self.error_count + 1)
         cmd_start = cmd_fire & ~cmd_bad
 
-        lane_sum = Signal(signed(8 + lane_bits + 1))
-        lane_sq = Signal(unsigned(14 + lane_bits + 1))
+        lane_sum = Signal(signed(xb + lane_bits + 1))
+        lane_sq = Signal(unsigned(sq_bits + lane_bits + 1))
         m.d.comb += [
             lane_sum.eq(sum(self.i.payload[lane] for lane in range(lanes))),
             lane_sq.eq(sum(self.i.payload[lane] * self.i.payload[lane] for lane in range(lanes))),
@@ -296,14 +318,14 @@ class LayerNorm(wiring.Component):
                 rs_s2.eq(st_s2 + lane_sq),
             ]
 
-        msb = Signal(range(-1, 44))
+        msb = Signal(range(-1, v_bits))
         m.d.comb += msb.eq(-1)
-        for bit in range(44):
+        for bit in range(v_bits):
             with m.If(rs_v[bit]):
                 m.d.comb += msb.eq(bit)
         k_comb = Signal(5)
         m.d.comb += k_comb.eq(Mux(msb < 0, 0, msb >> 1))
-        widened = Signal(unsigned(44 + M_FRAC))
+        widened = Signal(unsigned(v_bits + M_FRAC))
         m.d.comb += widened.eq(rs_v << M_FRAC)
         table = Array(Const(v, unsigned(Y_FRAC)) for v in rsqrt_table())
         m_high = rs_m[M_FRAC + 1]

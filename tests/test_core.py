@@ -1,6 +1,8 @@
 """The accelerator core end to end: programs through the runtime on the Verilator model
 (``SimTransport``), every result checked against the golden models in ``sim/golden``."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,7 @@ from sim.core_model import PRESETS
 from sim.golden import activation as golden_activation
 from sim.golden import layernorm as golden_layernorm
 from sim.golden import softmax as golden_softmax
+from sim.golden.int16_ops import layernorm_int16
 from sim.golden.matmul import matmul as golden_matmul
 from sim.golden.requantizer import quantize_multipliers, requantize
 
@@ -125,6 +128,45 @@ def test_layernorm_rows(accelerator, n, rms):
     assert np.array_equal(got, expected.astype(np.int8))
 
 
+@pytest.mark.parametrize("m, n, rms", [(1, 4, False), (37, 12, True), (21, 64, False),
+                                       (40, 256, False), (9, 256, True)])
+def test_layernorm_int16_rows(accelerator, m, n, rms):
+    """INT16 rows (``wide``: 2 INP words per output word), residual-like with outliers, the
+    first rows extreme (a single 32767 among zeros, all -32768, alternating extremes);
+    40 rows of 256 need several INP chunks."""
+    rng = np.random.default_rng(1600 + n + m)
+    spread = np.exp(rng.uniform(0, np.log(8000), (m, 1)))
+    x = np.rint(rng.normal(rng.uniform(-2000, 2000, (m, 1)), spread, (m, n)))
+    x[rng.random((m, n)) < 0.01] = 32767
+    extreme = [np.where(np.arange(n) == n // 2, 32767, 0), np.full(n, -32768),
+               np.where(np.arange(n) % 2 == 0, 32767, -32768)]
+    for r, row in enumerate(extreme[:m]):
+        x[r] = row
+    x = np.clip(x, -32768, 32767).astype(np.int16)
+    gamma_q, beta_q, gamma_frac = golden_layernorm.quantize_params(
+        rng.uniform(-2, 2, n), rng.uniform(-1, 1, n), rng.uniform(0.01, 0.1))
+    eps_q = golden_layernorm.quantize_eps(1e-5, rng.uniform(0.0005, 0.005), n)
+    got = accelerator.layernorm(x, gamma_q, beta_q, gamma_frac, eps_q, rms=rms, in_bits=16)
+    expected = layernorm_int16(x, gamma_q, beta_q, gamma_frac, eps_q, rms=rms)
+    assert got.dtype == np.int8 and got.shape == (m, n)
+    mismatches = np.count_nonzero(got != expected)
+    assert mismatches == 0, f"{m}x{n} rms={rms}: {mismatches} mismatches"
+    if x.size >= 200:   # not trivially passing on saturated or constant outputs
+        assert len(np.unique(expected)) > 40
+
+
+def test_layernorm_int16_host_validation(accelerator):
+    ones = np.ones(8, int)
+    with pytest.raises(ValueError, match="INT16"):
+        accelerator.layernorm(np.full((2, 8), 32768), ones, ones, 0, 0, in_bits=16)
+    with pytest.raises(ValueError, match="INT16"):
+        accelerator.layernorm(np.full((2, 8), -32769), ones, ones, 0, 0, in_bits=16)
+    with pytest.raises(ValueError, match="INT8"):
+        accelerator.layernorm(np.full((2, 8), 300), ones, ones, 0, 0)
+    with pytest.raises(ValueError, match="in_bits"):
+        accelerator.layernorm(np.zeros((2, 8), int), ones, ones, 0, 0, in_bits=12)
+
+
 def test_activation_every_code(accelerator):
     table = golden_activation.build_table(golden_activation.gelu, 0.04, 0.02)
     x = np.arange(-128, 128).reshape(16, 16)
@@ -147,6 +189,105 @@ def test_requantize_standalone(accelerator):
     got = accelerator.requantize(acc, bias=bias, multiplier=multiplier, shift=shift,
                                  activation_table=table)
     assert np.array_equal(got, golden_activation.apply(table, expected["value"].astype(np.int8)))
+
+
+def requant_case(rng, m, n, out_bits):
+    """Accumulators of every magnitude, scales that put results on both sides of both clamps,
+    extreme residuals and residual multipliers (0 and 65535 among them)."""
+    bits = rng.integers(0, 32, (m, n))
+    acc = (rng.integers(0, 1 << 31, (m, n)) >> (31 - bits)) * rng.choice([-1, 1], (m, n))
+    acc.flat[:2] = [-(1 << 31), (1 << 31) - 1][:acc.size]
+    residual = rng.integers(-128, 128, (m, n))
+    residual.flat[:4] = [-128, 127, -128, 127][:residual.size]
+    d = rng.integers(0, 1 << 16, n)
+    d[:2] = [0, 0xFFFF][:n]
+    acc = np.clip(acc, -(1 << 31) - residual * d[None], (1 << 31) - 1 - residual * d[None])
+    # |y| ~ 2**(bits - s): from 0 to far beyond the clamps in every column.
+    scale = np.exp2(-rng.uniform(10, 20, n) - (8 if out_bits == 8 else 0))
+    multiplier, shift = quantize_multipliers(scale)
+    bias = rng.integers(-(1 << 20), 1 << 20, n)
+    limit = 1 << (out_bits - 1)
+    zero_point = rng.integers(-limit // 16, limit // 16, n)
+    zero_point[:2] = [-limit, limit - 1][:n]
+    return acc, residual, d, dict(bias=bias, multiplier=multiplier, shift=shift,
+                                  zero_point=zero_point)
+
+
+@pytest.mark.parametrize("m, n", [(1, 1), (5, 7), (19, 11), (70, 22)])
+def test_requantize_int16_and_residual(accelerator, m, n):
+    """REQUANT with ``wide`` (INT16 outputs), ``residual`` (INT8 rows from WGT times d per
+    column), both, and a residual with INT8 outputs (plain and through the activation table),
+    vs the golden models; ragged N (4 x 4 core: N not a multiple of the lanes)."""
+    from sim.golden.int16_ops import requantize_int16, requantize_residual_int16
+    rng = np.random.default_rng(60 + m + n)
+    acc, residual, d, params = requant_case(rng, m, n, 16)
+    p = {k: v[None] for k, v in params.items()}
+    # INT16 outputs.
+    expected = requantize_int16(acc, p["bias"], p["multiplier"], p["shift"], p["zero_point"])
+    got = accelerator.requantize(acc, out_bits=16, **params)
+    assert got.dtype == np.int16 and got.shape == (m, n)
+    assert np.count_nonzero(got != expected["value"]) == 0
+    assert accelerator.last_stats["saturations"] == int(expected["saturated"].sum())
+    # INT16 outputs with a residual.
+    expected = requantize_residual_int16(acc, residual, d[None], p["bias"], p["multiplier"],
+                                         p["shift"], p["zero_point"])
+    got = accelerator.requantize(acc, out_bits=16, residual=residual, residual_multiplier=d, **params)
+    assert np.count_nonzero(got != expected["value"]) == 0
+    assert accelerator.last_stats["saturations"] == int(expected["saturated"].sum())
+    if m * n > 50:  # the case reaches both clamps and the values between
+        values = expected["value"]
+        assert values.min() == -32768 and values.max() == 32767
+        assert np.count_nonzero(np.abs(values) > 128) > m * n // 10
+    # INT8 outputs with a residual: the INT8 requantizer of acc + residual * d.
+    acc8, residual8, d8, params8 = requant_case(rng, m, n, 8)
+    p8 = {k: v[None] for k, v in params8.items()}
+    expected8 = requantize(acc8 + residual8 * d8[None], p8["bias"], p8["multiplier"], p8["shift"],
+                           p8["zero_point"])
+    got = accelerator.requantize(acc8, residual=residual8, residual_multiplier=d8, **params8)
+    assert got.dtype == np.int8
+    assert np.count_nonzero(got != expected8["value"]) == 0
+    assert accelerator.last_stats["saturations"] == int(expected8["saturated"].sum())
+    table = golden_activation.build_table(golden_activation.gelu, 0.05, 0.05)
+    got = accelerator.requantize(acc8, residual=residual8, residual_multiplier=d8,
+                                 activation_table=table, **params8)
+    assert np.array_equal(got, golden_activation.apply(table, expected8["value"].astype(np.int8)))
+
+
+def test_requantize_residual_in_many_chunks(accelerator):
+    """More rows than one INP half holds: the residual rows go through alternating WGT halves."""
+    from sim.golden.int16_ops import requantize_residual_int16
+    rng = np.random.default_rng(77)
+    m, n = 700, 9   # 12 INT32 words per row: 170 rows per INP half
+    acc, residual, d, params = requant_case(rng, m, n, 16)
+    p = {k: v[None] for k, v in params.items()}
+    expected = requantize_residual_int16(acc, residual, d[None], p["bias"], p["multiplier"],
+                                         p["shift"], p["zero_point"])
+    got = accelerator.requantize(acc, out_bits=16, residual=residual, residual_multiplier=d, **params)
+    assert np.count_nonzero(got != expected["value"]) == 0
+
+
+def test_requantize_host_validation(accelerator):
+    acc = np.zeros((2, 3), int)
+    ok = dict(bias=0, multiplier=1 << 30, shift=0)
+    for kwargs, match in [
+        (dict(out_bits=12), "out_bits"),
+        (dict(out_bits=16, activation_table=np.zeros(256, int)), "activation table"),
+        (dict(residual=np.zeros((2, 3), int)), "together"),
+        (dict(residual_multiplier=1), "together"),
+        (dict(residual=np.zeros((3, 2), int), residual_multiplier=1), "shape"),
+        (dict(residual=np.full((2, 3), 128), residual_multiplier=1), "INT8"),
+        (dict(residual=np.zeros((2, 3), int), residual_multiplier=1 << 16), "residual_multiplier"),
+        (dict(residual=np.zeros((2, 3), int), residual_multiplier=-1), "residual_multiplier"),
+        (dict(residual=np.zeros((2, 3), int), residual_multiplier=[1, 2]), "residual_multiplier"),
+        (dict(zero_point=128), "zero_point"),
+        (dict(zero_point=1 << 15, out_bits=16), "zero_point"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            accelerator.requantize(acc, **ok, **kwargs)
+    with pytest.raises(ValueError, match="INT32"):
+        accelerator.requantize(np.full((1, 1), (1 << 31) - 100), residual=[[1]],
+                               residual_multiplier=100, **ok)
+    assert accelerator.requantize(np.zeros((0, 3), int), out_bits=16, **ok).dtype == np.int16
 
 
 @pytest.mark.parametrize("timing", [
@@ -192,8 +333,9 @@ def test_unknown_opcode_is_an_error(accelerator):
 @pytest.mark.parametrize("opcode, fields, unit", [
     (Opcode.LOAD, dict(bank=Bank.INP, sram_base=4090, sram_stride=1, rows=7, cols=1), 1),
     (Opcode.LOAD, dict(bank=Bank.WGT, sram_base=0, sram_stride=0, rows=2, cols=1,
-                       dram_base=1 << 17, dram_stride=1 << 17), 1),
-    (Opcode.LOAD, dict(bank=Bank.WGT, rows=2, cols=1, dram_base=(1 << 18) - 1, dram_stride=1), 1),
+                       dram_base=CONFIG.dram_words // 2, dram_stride=CONFIG.dram_words // 2), 1),
+    (Opcode.LOAD, dict(bank=Bank.WGT, rows=2, cols=1, dram_base=CONFIG.dram_words - 1,
+                       dram_stride=1), 1),
     (Opcode.STORE, dict(bank=Bank.OUT, sram_base=0, sram_stride=4096, rows=2, cols=1), 3),
     (Opcode.STORE, dict(bank=Bank.COUNTERS, sram_base=10, rows=1, cols=10), 3),
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, a_base=4095, a_stride=1), 2),
@@ -204,11 +346,18 @@ def test_unknown_opcode_is_an_error(accelerator):
     (Opcode.TABLE, dict(base=4090, count=256), 2),
     (Opcode.SOFTMAX, dict(rows=2, words=3, src_base=4094, src_stride=3, dst_base=0), 2),
     (Opcode.LAYERNORM, dict(rows=3, words=4, dst_bank=Bank.OUT, dst_base=4090, dst_stride=4), 2),
+    # INT16 rows take 2 x words INP words: 4090 + 8 > 4096 (4090 + 4 would fit).
+    (Opcode.LAYERNORM, dict(rows=1, words=4, wide=1, dst_bank=Bank.OUT, src_base=4090), 2),
     (Opcode.REQUANT, dict(rows=1, words=1, src_base=4093, param_base=0), 2),
     (Opcode.REQUANT, dict(rows=1, words=2, param_base=4080), 2),
+    (Opcode.REQUANT, dict(rows=1, words=2, wide=1, param_base=4084), 2),     # 13 words: 4097
+    (Opcode.REQUANT, dict(rows=1, words=1, residual=1, param_base=4085), 2),     # 13 words: 4098
+    (Opcode.REQUANT, dict(rows=2, words=1, residual=1, res_base=4095, res_stride=1), 2),
+    (Opcode.REQUANT, dict(rows=3, words=4, wide=1, residual=1, res_base=4000, res_stride=48), 2),
 ], ids=["load-sram", "load-dram-stride", "load-dram-end", "store-sram", "store-counters",
         "gemm-a", "gemm-w", "gemm-wt", "gemm-params", "gemm-out", "table", "softmax-src",
-        "layernorm-dst", "requant-src", "requant-params"])
+        "layernorm-dst", "layernorm-wide-src", "requant-src", "requant-params", "requant-wide-params",
+        "requant-residual-params", "requant-residual", "requant-residual-stride"])
 def test_out_of_range_addresses_are_errors(accelerator, opcode, fields, unit):
     error = run_error(accelerator, one(opcode, **fields))
     assert (error.code, error.unit) == (ErrorCode.ADDRESS, unit)
@@ -226,15 +375,24 @@ def test_out_of_range_addresses_are_errors(accelerator, opcode, fields, unit):
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, out_bank=Bank.COUNTERS), 2),
     (Opcode.SOFTMAX, dict(rows=1, words=33), 2),                 # 132 > max_length 128
     (Opcode.SOFTMAX, dict(rows=1, words=2, length=9), 2),        # length beyond the row
-    (Opcode.LAYERNORM, dict(rows=1, words=65), 2),               # 260 > max_hidden 256
+    (Opcode.LAYERNORM, dict(rows=1, words=CONFIG.max_hidden // CONFIG.lanes + 1), 2),  # > max_hidden
     (Opcode.ACTIVATION, dict(rows=0, words=1), 2),
     (Opcode.ACTIVATION, dict(rows=1, words=1, dst_bank=Bank.COUNTERS), 2),
     (Opcode.TABLE, dict(target=TableTarget.ACTIVATION, count=257), 2),
     (Opcode.TABLE, dict(target=TableTarget.LAYERNORM, count=3), 2),
     (Opcode.TABLE, dict(target=TableTarget.SOFTMAX, count=0), 2),
+    (Opcode.SOFTMAX, dict(rows=1, words=1, length=4, wide=1), 2),
+    (Opcode.SOFTMAX, dict(rows=1, words=1, length=4, residual=1), 2),
+    (Opcode.ACTIVATION, dict(rows=1, words=1, wide=1), 2),
+    (Opcode.ACTIVATION, dict(rows=1, words=1, residual=1), 2),
+    (Opcode.LAYERNORM, dict(rows=1, words=1, residual=1), 2),
+    (Opcode.REQUANT, dict(rows=1, words=2, wide=1, activate=1), 2),   # no table for INT16
+    (Opcode.REQUANT, dict(rows=1, words=3, wide=1), 2),               # 2 words per tile
 ], ids=["load-out", "store-inp", "m0", "m-max", "k0", "n0", "mode6", "post3", "out-counters",
         "softmax-long", "softmax-length", "layernorm-long", "rows0", "dst-counters",
-        "table-count", "table-odd", "table-empty"])
+        "table-count", "table-odd", "table-empty", "softmax-wide", "softmax-residual",
+        "activation-wide", "activation-residual", "layernorm-residual", "requant-wide-activate",
+        "requant-wide-odd"])
 def test_bad_fields_are_errors(accelerator, opcode, fields, unit):
     error = run_error(accelerator, one(opcode, **fields))
     assert (error.code, error.unit) == (ErrorCode.BAD_FIELD, unit)
@@ -310,3 +468,52 @@ def test_attention_head_too_large_for_the_buffers_is_a_clear_error(accelerator):
         accelerator.attention_head(x, x, x, score_params=dict(bias=0, multiplier=1 << 30, shift=0),
                                    softmax_table=golden_softmax.exp_table(0.1),
                                    out_params=dict(bias=0, multiplier=1 << 30, shift=0))
+
+
+# -- A core built without the row-wise units, the requantizers and the scheduler (FPGA) ------
+
+GEMM_ONLY = dataclasses.replace(PRESETS["small"], fp8=False, vector_units=False,
+                                requantizer=False, scheduler=False)
+
+
+@pytest.fixture(scope="module")
+def gemm_only():
+    with SimTransport(GEMM_ONLY) as transport:
+        yield Accelerator(transport)
+
+
+def test_gemm_only_core_reports_what_it_has(gemm_only):
+    assert gemm_only.transport.read_register(Register.CONFIG) == 0
+    assert not (gemm_only.fp8 or gemm_only.vector_units or gemm_only.requantizer
+                or gemm_only.scheduler)
+    rng = np.random.default_rng(7)
+    a, w = random_codes(rng, (13, 40), 0), random_codes(rng, (40, 9), 0)
+    assert np.array_equal(gemm_only.matmul(a, w, 0), golden_matmul(a, w, 0))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda acc: acc.linear(np.zeros((2, 4), int), np.zeros((4, 4), int), bias=0,
+                            multiplier=1 << 30, shift=0), "requantizers"),
+    (lambda acc: acc.softmax(np.zeros((2, 4), int), np.zeros(256, int)), "softmax"),
+    (lambda acc: acc.layernorm(np.zeros((2, 4), int), np.ones(4, int), np.zeros(4, int), 0, 0),
+     "LayerNorm"),
+    (lambda acc: acc.activation(np.zeros((2, 4), int), np.zeros(256, int)), "activation"),
+])
+def test_gemm_only_core_refuses_ops_on_the_host(gemm_only, call, message):
+    with pytest.raises(ValueError, match=f"{message}.*built without"):
+        call(gemm_only)
+
+
+@pytest.mark.parametrize("opcode, fields", [
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.REQUANT)),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.REQUANT_ACT)),
+    (Opcode.REQUANT, dict(rows=1, words=1)),
+    (Opcode.SOFTMAX, dict(rows=1, words=1, length=4)),
+    (Opcode.LAYERNORM, dict(rows=1, words=1)),
+    (Opcode.ACTIVATION, dict(rows=1, words=1)),
+    (Opcode.TABLE, dict(target=TableTarget.ACTIVATION, base=0, count=4)),
+], ids=["gemm-requant", "gemm-requant-act", "requant", "softmax", "layernorm", "activation",
+        "table"])
+def test_gemm_only_core_rejects_what_it_lacks(gemm_only, opcode, fields):
+    error = run_error(gemm_only, one(opcode, **fields))
+    assert (error.code, error.unit) == (ErrorCode.BAD_FIELD, 2)

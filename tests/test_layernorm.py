@@ -1,5 +1,6 @@
 """LayerNorm/RMSNorm: rsqrt error, golden vs float64 over 10,000+ random rows, edge cases,
-RTL vs golden in Amaranth's simulator (short rows, stalls) and on Verilator (N = 1024)."""
+RTL vs golden in Amaranth's simulator (short rows, stalls) and on Verilator (N = 1024);
+the INT16-input unit (``input_bits=16``) vs :func:`sim.golden.int16_ops.layernorm_int16`."""
 
 import random
 
@@ -11,7 +12,9 @@ from amaranth.sim import Simulator
 from rtl.layernorm import LayerNorm, layernorm_param_layout, layernorm_row_layout, rsqrt_table
 from sim.cocotb_runner import run_cocotb
 from sim.golden import layernorm as golden
-from sim.layernorm_cases import edge_problems, make_problem, random_rows
+from sim.golden.int16_ops import layernorm_int16
+from sim.layernorm_cases import (edge_problems, edge_problems16, make_problem, random_rows,
+                                 random_rows16)
 from sim.pysim import send_stream
 from sim.payload import pack, pack_lanes, unpack_lanes
 
@@ -91,8 +94,9 @@ def test_host_quantization():
 
 # --- RTL in Amaranth's simulator -----------------------------------------------------------------
 
-def encode(problems, max_hidden, lanes):
-    """(param writes, descriptors, input transfers, output transfer count) per problem."""
+def encode(problems, max_hidden, lanes, bits=8):
+    """(param writes, descriptors, input transfers, output transfer count) per problem
+    (``bits``: the unit's input width; INT8 codes go to a 16-bit unit sign-extended)."""
     out = []
     for p in problems:
         n = p["x"].shape[1]
@@ -102,7 +106,7 @@ def encode(problems, max_hidden, lanes):
         cmds = pack(layernorm_row_layout(max_hidden), {
             "n": np.full(rows, n), "rms": np.full(rows, int(p["rms"])),
             "eps": np.full(rows, p["eps_q"]), "gamma_frac": np.full(rows, p["gamma_frac"])})
-        inputs = pack_lanes(p["x"].reshape(-1, lanes), 8)
+        inputs = pack_lanes(p["x"].reshape(-1, lanes), bits)
         out.append((params, cmds, inputs, rows * n // lanes))
     return out
 
@@ -115,7 +119,7 @@ def decode(outputs, lanes):
 def run_layernorm_pysim(dut, problems, *, stall=0.0, backpressure=0.0, seed=0, cycles=None):
     """Run each problem (load params, then rows back to back); return output codes per problem."""
     lanes = dut.lanes
-    encoded = encode(problems, dut.max_hidden, lanes)
+    encoded = encode(problems, dut.max_hidden, lanes, dut.input_bits)
     results = []
     done = []
     rngs = [random.Random(seed + k) for k in range(3)]
@@ -255,3 +259,63 @@ def test_invalid_descriptors_are_errors_not_hangs(lanes):
     sim.run()
     assert len(out) == n_out // 2
     assert np.array_equal(decode(out, lanes), problem["expected"][0].ravel())
+
+
+# --- INT16 input (input_bits=16) -------------------------------------------------------------------
+
+def test_int16_golden_equals_int8_golden_on_int8_codes():
+    """The premise of one 16-bit unit for both widths (checked here, not assumed)."""
+    rng = np.random.default_rng(16)
+    for n in (1, 7, 384, 1024):
+        for p in [make_problem(random_rows(rng, 50, n), rng=rng, rms=rms) for rms in (False, True)]:
+            got = layernorm_int16(p["x"], p["gamma_q"], p["beta_q"], p["gamma_frac"], p["eps_q"],
+                                  p["rms"])
+            assert np.array_equal(got, p["expected"])
+    for p in edge_problems(64, rng):
+        got = layernorm_int16(p["x"], p["gamma_q"], p["beta_q"], p["gamma_frac"], p["eps_q"], p["rms"])
+        assert np.array_equal(got, p["expected"])
+
+
+def int16_problems(rng, max_hidden, lanes):
+    ns = sorted({lanes, 2 * lanes, 3 * lanes, max_hidden // 2, max_hidden})
+    problems = [make_problem(random_rows16(rng, 3, n), rng=rng, rms=bool(k % 2), input_bits=16,
+                             input_scale=0.002, eps=1e-5)
+                for k, n in enumerate(ns)]
+    return problems + edge_problems16(max_hidden, rng)
+
+
+@pytest.mark.parametrize("lanes,stall,backpressure", [(1, 0, 0), (2, 0.3, 0.4), (4, 0, 0)])
+def test_rtl_int16_matches_golden_pysim(lanes, stall, backpressure):
+    """Random INT16 rows (N = lanes .. max_hidden) and the INT16 edge cases at max_hidden."""
+    rng = np.random.default_rng(160 + lanes)
+    problems = int16_problems(rng, 32, lanes)
+    dut = LayerNorm(max_hidden=32, lanes=lanes, input_bits=16)
+    check(problems, run_layernorm_pysim(dut, problems, stall=stall, backpressure=backpressure))
+
+
+def test_rtl_int16_unit_on_int8_rows_pysim():
+    """INT8 rows sign-extended into the 16-bit unit give the INT8 golden results."""
+    rng = np.random.default_rng(168)
+    problems = pysim_problems(rng, 32, 2)
+    dut = LayerNorm(max_hidden=32, lanes=2, input_bits=16)
+    check(problems, run_layernorm_pysim(dut, problems))
+
+
+def test_rtl_int16_maximal_rows_pysim():
+    """N = 1024 (the widths' design point: D up to 2**50, V up to 2**59): the largest
+    variance, all -32768 / 32767 in RMSNorm (the largest mean square), outliers."""
+    rng = np.random.default_rng(1024)
+    n = 1024
+    p16 = dict(rng=rng, input_bits=16, input_scale=0.002)
+    extreme = np.array([np.where(np.arange(n) % 2 == 0, 32767, -32768), np.full(n, -32768),
+                        np.full(n, 32767), np.where(np.arange(n) == 5, 32767, 0)])
+    problems = [make_problem(extreme, **p16), make_problem(extreme, rms=True, **p16),
+                make_problem(random_rows16(rng, 2, n), eps=1e-5, **p16)]
+    dut = LayerNorm(max_hidden=n, lanes=4, input_bits=16)
+    check(problems, run_layernorm_pysim(dut, problems))
+
+
+@pytest.mark.cocotb
+def test_rtl_int16_matches_golden_verilator():
+    run_cocotb(LayerNorm(max_hidden=1024, input_bits=16), name="layernorm16",
+               test_module="tests.benches.tb_layernorm", extra_env={"SEED": 16, "INPUT_BITS": 16})

@@ -7,16 +7,17 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from ..activation import Activation
-from ..isa import PARAM_WORDS, Bank, Instruction, Opcode, PostOp, TableTarget
+from ..isa import PARAM_WORDS, PARAM_WORDS_WIDE, Bank, Instruction, Opcode, PostOp, TableTarget
 from ..layernorm import LayerNorm
 from ..matmul.array import pe_module_name
 from ..matmul.engine import MatmulEngine, result_row_layout
 from ..matmul.mode import MatmulMode
 from ..matmul.pe import ProcessingElement
 from ..softmax import Softmax
+from .absent_unit import AbsentUnit
 from .buffer_reader import BufferReader
 from .instruction_control import InstructionControl
-from .post_processor import PostProcessor, param_set_layout
+from .post_processor import PostProcessor, decode_param_words, param_set_layout
 from .range_check import Extent, RangeCheck
 from .status import ErrorCode
 from .table_loader import TableLoader
@@ -26,7 +27,7 @@ from .write_port import buffer_write_layout
 
 __all__ = ["ComputeUnit", "shared_pe_modules"]
 
-_TAG_WEIGHT, _TAG_PARAM, _TAG_TABLE = 0, 1, 2
+_TAG_WEIGHT, _TAG_PARAM, _TAG_TABLE, _TAG_RESIDUAL = 0, 1, 2, 3
 
 
 def shared_pe_modules(lanes, fp8, shared):
@@ -49,20 +50,27 @@ class ComputeUnit(wiring.Component):
 
     **SOFTMAX, LAYERNORM, ACTIVATION** (:data:`rtl.isa.VectorInstruction`): rows of
     words from INP through the softmax, LayerNorm or activation unit (``lanes``
-    elements per cycle) to ``dst_bank``. **REQUANT**: INT32 rows from INP (4 words per
+    elements per cycle) to ``dst_bank``; LAYERNORM with ``wide`` reads INT16 rows, two INP
+    words per transfer of ``lanes`` elements (the LayerNorm unit has 16-bit lanes; INT8
+    rows go in sign-extended). **REQUANT**: INT32 rows from INP (4 words per
     output word) through the post-processor's requantizers (and the activation
-    table). **TABLE**: the activation, softmax or LayerNorm table from WGT.
+    table); with ``wide`` INT16 outputs (2 words per 4 input words), with ``residual``
+    one INT8 residual word per row and tile from WGT (the weight sequencer reads tile j's
+    parameters, then its ``rows`` residual words, then tile j + 1's parameters, so the
+    two share the WGT read port without colliding). **TABLE**: the activation, softmax or LayerNorm table from WGT.
     **NOP**: nothing.
 
     Checks before anything runs: BAD_FIELD for a size of 0 or beyond the unit's
     limit (``max_rows``, ``max_length``, ``max_hidden``), a mode the engine was not
     built with, post op 3, a COUNTERS destination, a softmax ``length`` beyond the row,
-    a bad table target or count; ADDRESS for any operand outside its buffer. A
+    a bad table target or count, ``residual`` on anything but REQUANT, ``wide`` on anything
+    but REQUANT and LAYERNORM, REQUANT ``wide`` with ``activate`` or an odd ``words``;
+    ADDRESS for any operand (the residual rows too) outside its buffer. A
     failed instruction is skipped (its tokens are still pushed).
     """
 
     def __init__(self, *, lanes, depths, max_rows, fp8, shared_pe_module, max_length=512,
-                 max_hidden=1024):
+                 max_hidden=1024, vector_units=True, requantizer=True):
         if lanes < 4:
             raise ValueError("the compute unit needs at least 4 lanes (32-bit table entries)")
         self._lanes = lanes
@@ -72,6 +80,8 @@ class ComputeUnit(wiring.Component):
         self._shared_pe_module = shared_pe_module
         self._max_length = max_length
         self._max_hidden = max_hidden
+        self._vector_units = bool(vector_units)
+        self._requantizer = bool(requantizer)
         word_bits = 8 * lanes
         super().__init__({
             "insn": In(stream.Signature(Instruction)),
@@ -138,7 +148,14 @@ class ComputeUnit(wiring.Component):
         is_vector = is_rowwise | is_requant
         is_post = is_gemm | is_requant
         raw = g.post == PostOp.RAW
-        in_words = Mux(is_requant, v.words << 2, v.words)
+        # REQUANT: ``wide`` gives 2 output words per tile of lanes columns, ``wide`` or
+        # ``residual`` the 13-word parameter sets; each tile has 4 INT32 input words per row.
+        rq_tiles = Mux(v.wide, v.words >> 1, v.words)
+        rq_wide_params = is_requant & (v.wide | v.residual)
+        # LAYERNORM with ``wide``: INT16 rows, 2 input words per output word.
+        ln_wide = is_layernorm & v.wide
+        row_in_words = Mux(ln_wide, v.words << 1, v.words)
+        in_words = Mux(is_requant, rq_tiles << 2, row_in_words)
         row_elements = v.words << log_n
         table_words = (tbl.count + per_word - 1) >> exact_log2(per_word)
 
@@ -149,11 +166,20 @@ class ComputeUnit(wiring.Component):
                     | (g.out_bank == Bank.COUNTERS))
         vector_bad = ((v.rows == 0) | (v.words == 0) | (v.dst_bank == Bank.COUNTERS)
                       | (is_softmax & ((row_elements > self._max_length) | (v.length > row_elements)))
-                      | (is_layernorm & (row_elements > self._max_hidden)))
+                      | (is_layernorm & (row_elements > self._max_hidden))
+                      | (v.residual & ~is_requant) | (v.wide & ~is_requant & ~is_layernorm)
+                      | (is_requant & v.wide & (v.activate | v.words[0])))
         table_bad = ((tbl.count == 0) | (tbl.target.as_value() == 3)
                      | ((tbl.target != TableTarget.LAYERNORM) & (tbl.count > 256))
                      | ((tbl.target == TableTarget.LAYERNORM)
                         & ((tbl.count > 2 * self._max_hidden) | tbl.count[0])))
+        if not self._vector_units:    # SOFTMAX, LAYERNORM, ACTIVATION, TABLE, REQUANT_ACT
+            gemm_bad = gemm_bad | (g.post == PostOp.REQUANT_ACT)
+            vector_bad = vector_bad | is_rowwise | (is_requant & v.activate)
+            table_bad = 1
+        if not self._requantizer:     # only RAW results
+            gemm_bad = gemm_bad | (g.post != PostOp.RAW)
+            vector_bad = vector_bad | is_requant
         field_bad = Mux(is_gemm, gemm_bad, Mux(is_vector, vector_bad, Mux(is_table, table_bad, 0)))
 
         def depth_of(bank):
@@ -166,7 +192,7 @@ class ComputeUnit(wiring.Component):
         out_bank = Mux(is_gemm, g.out_bank, v.dst_bank)
         out_limit = depth_of(out_bank)
         inp_depth, wgt_depth = self._depths[Bank.INP], self._depths[Bank.WGT]
-        m.submodules.check = check = RangeCheck(4)
+        m.submodules.check = check = RangeCheck(5)
         check.connect_extents([
             Extent(Mux(is_table, tbl.base, Mux(is_gemm, g.a_base, v.src_base)),
                    Mux(is_table, 1, Mux(is_gemm, g.m, v.rows)),
@@ -176,8 +202,11 @@ class ComputeUnit(wiring.Component):
             Extent(g.w_base, Mux(g.transpose_w, g.n_tiles, g.k_tiles) << log_n, g.w_stride,
                    Mux(g.transpose_w, g.k_tiles, g.n_tiles), wgt_depth, enable=is_gemm),
             Extent(Mux(is_gemm, g.param_base, v.param_base), 1, 0,
-                   Mux(is_gemm, g.n_tiles, v.words) * PARAM_WORDS, wgt_depth,
-                   enable=(is_gemm & ~raw) | is_requant),
+                   Mux(is_gemm, g.n_tiles * PARAM_WORDS,
+                       Mux(rq_wide_params, rq_tiles * PARAM_WORDS_WIDE, rq_tiles * PARAM_WORDS)),
+                   wgt_depth, enable=(is_gemm & ~raw) | is_requant),
+            Extent(v.res_base, v.rows, v.res_stride, rq_tiles, wgt_depth,
+                   enable=is_requant & v.residual),
             Extent(Mux(is_gemm, g.out_base, v.dst_base), Mux(is_gemm, g.m, v.rows),
                    Mux(is_gemm, g.out_stride, v.dst_stride),
                    Mux(is_gemm, Mux(raw, g.n_tiles << 2, g.n_tiles), v.words), out_limit,
@@ -193,13 +222,23 @@ class ComputeUnit(wiring.Component):
         m.submodules.wgt_reader = wgt_reader = BufferReader(addr_width=16, data_width=word_bits,
                                                             tag_width=2)
         m.submodules.transposer = transposer = WeightTransposer(n)
-        m.submodules.post = post = PostProcessor(lanes=n, max_rows=self._max_rows)
-        m.submodules.activation = act = Activation(lanes=n)
-        m.submodules.softmax = softmax = Softmax(max_length=self._max_length, lanes=n)
-        m.submodules.layernorm = layernorm = LayerNorm(max_hidden=self._max_hidden, lanes=n)
-        m.submodules.tables = tables = TableLoader(lanes=n, max_hidden=self._max_hidden)
+        m.submodules.post = post = PostProcessor(lanes=n, max_rows=self._max_rows,
+                                                 requantize=self._requantizer)
+        vector_units = {
+            "activation": Activation(lanes=n),
+            "softmax": Softmax(max_length=self._max_length, lanes=n),
+            "layernorm": LayerNorm(max_hidden=self._max_hidden, lanes=n, input_bits=16),
+            "tables": TableLoader(lanes=n, max_hidden=self._max_hidden),
+        }
+        if not self._vector_units:
+            vector_units = {name: AbsentUnit(unit) for name, unit in vector_units.items()}
+        for name, unit in vector_units.items():
+            m.submodules[name] = unit
+        act, softmax, layernorm, tables = (vector_units[name] for name in
+                                           ("activation", "softmax", "layernorm", "tables"))
         params_layout = param_set_layout(n)
         m.submodules.param_fifo = param_fifo = SyncFIFO(width=params_layout.size, depth=4)
+        m.submodules.residual_fifo = residual_fifo = SyncFIFO(width=word_bits, depth=4)
         m.d.comb += [
             self.inp_addr.eq(inp_reader.port_addr), self.inp_en.eq(inp_reader.port_en),
             inp_reader.port_data.eq(self.inp_data),
@@ -221,9 +260,14 @@ class ComputeUnit(wiring.Component):
             post.out_base.eq(Mux(is_gemm, g.out_base, v.dst_base)),
             post.out_stride.eq(Mux(is_gemm, g.out_stride, v.dst_stride)),
             post.m.eq(Mux(is_gemm, g.m, v.rows)),
-            post.n_tiles.eq(Mux(is_gemm, g.n_tiles, v.words)),
+            post.n_tiles.eq(Mux(is_gemm, g.n_tiles, rq_tiles)),
+            post.wide.eq(is_requant & v.wide),
+            post.residual_en.eq(is_requant & v.residual),
             post.params.payload.eq(param_fifo.r_data), post.params.valid.eq(param_fifo.r_rdy),
             param_fifo.r_en.eq(post.params.ready),
+            post.residual.payload.eq(residual_fifo.r_data),
+            post.residual.valid.eq(residual_fifo.r_rdy),
+            residual_fifo.r_en.eq(post.residual.ready),
         ]
         quad = Signal(data.ArrayLayout(word_bits, 3))
         quad_count = Signal(2)
@@ -247,14 +291,32 @@ class ComputeUnit(wiring.Component):
         m.d.comb += [
             engine.a.payload.eq(idata.payload.data),
             softmax.i.payload.eq(idata.payload.data),
-            layernorm.i.payload.eq(idata.payload.data),
         ]
         with m.If(is_gemm):
             m.d.comb += [engine.a.valid.eq(idata.valid), idata.ready.eq(engine.a.ready)]
         with m.If(is_softmax):
             m.d.comb += [softmax.i.valid.eq(idata.valid), idata.ready.eq(softmax.i.ready)]
+        # LayerNorm (16-bit lanes): INT8 rows sign-extended, one word per transfer; INT16
+        # rows (``wide``) from two words, the first held in ``ln_half`` (lanes 0..n/2-1).
+        ln_half = Signal(word_bits)
+        ln_half_full = Signal()
+        with m.If(ln_wide):
+            m.d.comb += layernorm.i.payload.eq(Cat(ln_half, idata.payload.data))
+        with m.Else():
+            for lane in range(n):
+                m.d.comb += layernorm.i.payload[lane].eq(
+                    idata.payload.data[8 * lane:8 * lane + 8].as_signed())
         with m.If(is_layernorm):
-            m.d.comb += [layernorm.i.valid.eq(idata.valid), idata.ready.eq(layernorm.i.ready)]
+            with m.If(ln_wide & ~ln_half_full):
+                m.d.comb += idata.ready.eq(1)
+                with m.If(idata.valid):
+                    m.d.sync += [ln_half.eq(idata.payload.data), ln_half_full.eq(1)]
+            with m.Else():
+                m.d.comb += [layernorm.i.valid.eq(idata.valid), idata.ready.eq(layernorm.i.ready)]
+                with m.If(idata.valid & layernorm.i.ready):
+                    m.d.sync += ln_half_full.eq(0)
+        with m.If(control.start):
+            m.d.sync += ln_half_full.eq(0)
         with m.If(is_activation):
             m.d.comb += [act.i.payload.eq(idata.payload.data), act.i.valid.eq(idata.valid),
                          idata.ready.eq(act.i.ready)]
@@ -324,10 +386,14 @@ class ComputeUnit(wiring.Component):
             with m.If(cmd_row == v.rows - 1):
                 m.d.sync += cmd_active.eq(0)
 
-        # WGT words to the weights (direct or transposed), the parameter FIFO, the table loader.
+        # WGT words to the weights (direct or transposed), the parameter FIFO (10- or 13-word
+        # sets, decoded to one format), the residual FIFO, the table loader.
         wdata = wgt_reader.data
-        collected = Signal(range(PARAM_WORDS))
-        param_words = Signal(PARAM_WORDS * word_bits)
+        collected = Signal(range(PARAM_WORDS_WIDE))
+        param_words = Signal(PARAM_WORDS_WIDE * word_bits)
+        param_last = Mux(rq_wide_params, PARAM_WORDS_WIDE - 1, PARAM_WORDS - 1)
+        param_set = decode_param_words(m, Cat(param_words[word_bits:], wdata.payload.data),
+                                       rq_wide_params, n)
         m.d.comb += [transposer.i.payload.eq(wdata.payload.data),
                      tables.words.payload.eq(wdata.payload.data)]
         with m.If(g.transpose_w):
@@ -343,10 +409,10 @@ class ComputeUnit(wiring.Component):
                     m.d.comb += [engine.weights.valid.eq(wdata.valid),
                                  wdata.ready.eq(engine.weights.ready)]
             with m.Case(_TAG_PARAM):
-                last = collected == PARAM_WORDS - 1
+                last = collected == param_last
                 m.d.comb += [
                     wdata.ready.eq(~last | param_fifo.w_rdy),
-                    param_fifo.w_data.eq(Cat(param_words[word_bits:], wdata.payload.data)),
+                    param_fifo.w_data.eq(param_set),
                     param_fifo.w_en.eq(wdata.valid & last),
                 ]
                 with m.If(wdata.valid & wdata.ready):
@@ -354,6 +420,9 @@ class ComputeUnit(wiring.Component):
                                  collected.eq(Mux(last, 0, collected + 1))]
             with m.Case(_TAG_TABLE):
                 m.d.comb += [tables.words.valid.eq(wdata.valid), wdata.ready.eq(tables.words.ready)]
+            with m.Case(_TAG_RESIDUAL):
+                m.d.comb += [residual_fifo.w_data.eq(wdata.payload.data),
+                             residual_fifo.w_en.eq(wdata.valid), wdata.ready.eq(residual_fifo.w_rdy)]
 
         # -- Sequencers ----------------------------------------------------------------------
         seq_start = Signal()
@@ -367,7 +436,7 @@ class ComputeUnit(wiring.Component):
         w_ptr = Signal(16)
         w_tile_base = Signal(16)
         p_ptr = Signal(16)
-        tiles = Mux(is_gemm, g.n_tiles, v.words)
+        tiles = Mux(is_gemm, g.n_tiles, rq_tiles)
         m.d.comb += [
             engine.cmd.payload.mode.eq(g.mode),
             engine.cmd.payload.rows.eq(g.m),
@@ -392,14 +461,29 @@ class ComputeUnit(wiring.Component):
                              wgt_reader.addr.payload.tag.eq(_TAG_PARAM)]
                 with m.If(wgt_reader.addr.ready):
                     m.d.sync += [p_ptr.eq(p_ptr + 1), w_i.eq(w_i + 1)]
-                    with m.If(w_i == PARAM_WORDS - 1):
+                    with m.If(w_i == param_last):
                         m.d.sync += w_i.eq(0)
                         with m.If(is_gemm):
                             m.next = "CMD"
+                        with m.Elif(v.residual):
+                            # REQUANT: tile j's residual words follow its parameters.
+                            m.d.sync += w_ptr.eq(v.res_base + w_j)
+                            m.next = "RESIDUAL"
                         with m.Else():
                             m.d.sync += w_j.eq(w_j + 1)
                             with m.If(w_j == tiles - 1):
                                 m.next = "IDLE"
+            with m.State("RESIDUAL"):
+                m.d.comb += [wgt_reader.addr.valid.eq(1), wgt_reader.addr.payload.addr.eq(w_ptr),
+                             wgt_reader.addr.payload.tag.eq(_TAG_RESIDUAL)]
+                with m.If(wgt_reader.addr.ready):
+                    m.d.sync += [w_ptr.eq(w_ptr + v.res_stride), w_i.eq(w_i + 1)]
+                    with m.If(w_i == v.rows - 1):
+                        m.d.sync += [w_i.eq(0), w_j.eq(w_j + 1)]
+                        with m.If(w_j == tiles - 1):
+                            m.next = "IDLE"
+                        with m.Else():
+                            m.next = "PARAMS"
             with m.State("CMD"):
                 m.d.comb += engine.cmd.valid.eq(1)
                 with m.If(engine.cmd.ready):
@@ -474,7 +558,7 @@ class ComputeUnit(wiring.Component):
                              inp_reader.addr.payload.addr.eq(a_ptr + a_word)]
                 with m.If(inp_reader.addr.ready):
                     m.d.sync += a_word.eq(a_word + 1)
-                    with m.If(a_word == v.words - 1):
+                    with m.If(a_word == row_in_words - 1):
                         m.d.sync += [a_word.eq(0), a_row.eq(a_row + 1),
                                      a_ptr.eq(a_ptr + v.src_stride)]
                         with m.If(a_row == v.rows - 1):
@@ -489,7 +573,7 @@ class ComputeUnit(wiring.Component):
                         with m.If(a_row == v.rows - 1):
                             m.d.sync += [a_row.eq(0), a_ptr.eq(v.src_base), a_word.eq(a_word + 4),
                                          a_j.eq(a_j + 1)]
-                            with m.If(a_j == v.words - 1):
+                            with m.If(a_j == rq_tiles - 1):
                                 m.next = "IDLE"
 
         # -- Instruction FSM -----------------------------------------------------------------

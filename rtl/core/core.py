@@ -53,6 +53,19 @@ class Core(wiring.Component):
         Instructions per unit queue.
     shared_pe_module : bool
         See :class:`rtl.matmul.engine.MatmulEngine` (True for Verilator and synthesis).
+    vector_units : bool
+        Build the softmax, LayerNorm and activation units (and TABLE). Without them
+        SOFTMAX, LAYERNORM, ACTIVATION, TABLE and the REQUANT_ACT post op raise
+        BAD_FIELD (for small FPGAs).
+    requantizer : bool
+        Build the post-processor's requantizers. Without them GEMM writes only RAW
+        results; the REQUANT and REQUANT_ACT post ops and REQUANT raise BAD_FIELD.
+    scheduler : bool
+        Build the dynamic-batching scheduler. Without it ``req`` is never ready, ``resp``
+        and ``batch`` never valid, and the scheduler's registers read 0.
+
+    The ``CONFIG`` register tells the host what was built: bit 0 ``fp8``, bit 1
+    ``vector_units``, bit 2 ``requantizer``, bit 3 ``scheduler``.
 
     Members
     -------
@@ -73,7 +86,7 @@ class Core(wiring.Component):
     def __init__(self, *, lanes=16, inp_words=16384, wgt_words=16384, out_words=16384,
                  max_rows=512, dram_words=1 << 24, fp8=True, queue_depth=32,
                  max_length=512, max_hidden=1024, sched_queue_depth=32, sched_inflight=4,
-                 shared_pe_module=False):
+                 shared_pe_module=False, vector_units=True, requantizer=True, scheduler=True):
         if lanes not in (4, 8, 16, 32):
             raise ValueError(f"lanes must be 4, 8, 16 or 32, not {lanes!r}")
         for name, value in (("inp_words", inp_words), ("wgt_words", wgt_words),
@@ -91,6 +104,9 @@ class Core(wiring.Component):
         self.sched_queue_depth = sched_queue_depth
         self.sched_inflight = sched_inflight
         self._shared_pe_module = shared_pe_module
+        self.vector_units = bool(vector_units)
+        self.requantizer = bool(requantizer)
+        self.scheduler = bool(scheduler)
         super().__init__({
             "insn": In(stream.Signature(Instruction)),
             "mem": Out(memory_port_signature(8 * lanes)),
@@ -110,7 +126,8 @@ class Core(wiring.Component):
     def _compute_unit(self):
         return ComputeUnit(lanes=self.lanes, depths=self.depths, max_rows=self.max_rows,
                            fp8=self.fp8, shared_pe_module=self._shared_pe_module,
-                           max_length=self.max_length, max_hidden=self.max_hidden)
+                           max_length=self.max_length, max_hidden=self.max_hidden,
+                           vector_units=self.vector_units, requantizer=self.requantizer)
 
     def verilog_modules(self):
         """``{name: component}`` of the Verilog modules the core instantiates."""
@@ -265,49 +282,58 @@ class Core(wiring.Component):
             m.d.sync += counters[counter].eq(counters[counter] + increment)
 
         # -- Scheduler -----------------------------------------------------------------------
-        m.submodules.scheduler = scheduler = Scheduler(queue_depth=self.sched_queue_depth,
-                                                       max_inflight=self.sched_inflight)
-        wiring.connect(m, wiring.flipped(self.req), scheduler.req)
-        wiring.connect(m, scheduler.resp, wiring.flipped(self.resp))
-        wiring.connect(m, scheduler.batch, wiring.flipped(self.batch))
-        wiring.connect(m, wiring.flipped(self.done), scheduler.done)
-        config = {
-            Register.SCHED_MAX_BATCH_ROWS: (scheduler.max_batch_rows, 64),
-            Register.SCHED_MAX_WAIT_CYCLES: (scheduler.max_wait_cycles, 1000),
-            Register.SCHED_WORK_CONSERVING: (scheduler.work_conserving, 0),
-            Register.SCHED_AGING_CYCLES: (scheduler.aging_cycles, 1000),
-        }
-        for register, (port, initial) in config.items():
-            value = Signal(len(port), name=register.name.lower(), init=initial)
-            m.d.comb += port.eq(value)
-            with m.If(self.reg_we & (self.reg_addr == register)):
-                m.d.sync += value.eq(self.reg_wdata)
+        sched_registers = {}
+        if self.scheduler:
+            m.submodules.scheduler = scheduler = Scheduler(queue_depth=self.sched_queue_depth,
+                                                           max_inflight=self.sched_inflight)
+            wiring.connect(m, wiring.flipped(self.req), scheduler.req)
+            wiring.connect(m, scheduler.resp, wiring.flipped(self.resp))
+            wiring.connect(m, scheduler.batch, wiring.flipped(self.batch))
+            wiring.connect(m, wiring.flipped(self.done), scheduler.done)
+            config = {
+                Register.SCHED_MAX_BATCH_ROWS: (scheduler.max_batch_rows, 64),
+                Register.SCHED_MAX_WAIT_CYCLES: (scheduler.max_wait_cycles, 1000),
+                Register.SCHED_WORK_CONSERVING: (scheduler.work_conserving, 0),
+                Register.SCHED_AGING_CYCLES: (scheduler.aging_cycles, 1000),
+            }
+            for register, (port, initial) in config.items():
+                value = Signal(len(port), name=register.name.lower(), init=initial)
+                m.d.comb += port.eq(value)
+                with m.If(self.reg_we & (self.reg_addr == register)):
+                    m.d.sync += value.eq(self.reg_wdata)
+            sched_registers = {
+                Register.SCHED_MAX_BATCH_ROWS: scheduler.max_batch_rows,
+                Register.SCHED_MAX_WAIT_CYCLES: scheduler.max_wait_cycles,
+                Register.SCHED_WORK_CONSERVING: scheduler.work_conserving,
+                Register.SCHED_AGING_CYCLES: scheduler.aging_cycles,
+                Register.SCHED_NOW: scheduler.now,
+                Register.SCHED_ACCEPTED: scheduler.accepted,
+                Register.SCHED_REJECTED: scheduler.rejected,
+                Register.SCHED_TIMED_OUT: scheduler.timed_out,
+                Register.SCHED_BATCHES: scheduler.batches,
+                Register.SCHED_BATCHED_ROWS: scheduler.batched_rows,
+                Register.SCHED_MAX_WAIT: scheduler.max_wait,
+                Register.SCHED_WAITING: scheduler.waiting,
+                Register.SCHED_BAD_DONE: scheduler.bad_done,
+            }
+        else:
+            m.d.comb += [self.req.ready.eq(0), self.resp.valid.eq(0), self.batch.valid.eq(0),
+                         self.done.ready.eq(1)]
 
         # -- Registers -----------------------------------------------------------------------
         registers = {
             Register.STATUS: idle | (error_latched << 1) | (error_code << 4) | (blocked << 8),
             Register.ERROR_UNIT: error_unit,
             Register.LANES: self.lanes,
-            Register.CONFIG: int(self.fp8),
+            Register.CONFIG: (int(self.fp8) | (int(self.vector_units) << 1)
+                              | (int(self.requantizer) << 2) | (int(self.scheduler) << 3)),
             Register.INP_WORDS: self.depths[Bank.INP],
             Register.WGT_WORDS: self.depths[Bank.WGT],
             Register.OUT_WORDS: self.depths[Bank.OUT],
             Register.MAX_ROWS: self.max_rows,
             Register.MAX_LENGTH: self.max_length,
             Register.MAX_HIDDEN: self.max_hidden,
-            Register.SCHED_MAX_BATCH_ROWS: scheduler.max_batch_rows,
-            Register.SCHED_MAX_WAIT_CYCLES: scheduler.max_wait_cycles,
-            Register.SCHED_WORK_CONSERVING: scheduler.work_conserving,
-            Register.SCHED_AGING_CYCLES: scheduler.aging_cycles,
-            Register.SCHED_NOW: scheduler.now,
-            Register.SCHED_ACCEPTED: scheduler.accepted,
-            Register.SCHED_REJECTED: scheduler.rejected,
-            Register.SCHED_TIMED_OUT: scheduler.timed_out,
-            Register.SCHED_BATCHES: scheduler.batches,
-            Register.SCHED_BATCHED_ROWS: scheduler.batched_rows,
-            Register.SCHED_MAX_WAIT: scheduler.max_wait,
-            Register.SCHED_WAITING: scheduler.waiting,
-            Register.SCHED_BAD_DONE: scheduler.bad_done,
+            **sched_registers,
         }
         m.d.comb += self.reg_data.eq(0)
         with m.Switch(self.reg_addr):

@@ -4,23 +4,56 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..isa import Bank, PostOp
+from ..isa import PARAM_WORDS, PARAM_WORDS_WIDE, Bank, PostOp
 from ..matmul.engine import result_row_layout
 from ..numerics.requantizer import Requantizer
 from .write_port import buffer_write_layout
 
 
-__all__ = ["param_set_layout", "PostProcessor"]
+__all__ = ["param_words_layout", "param_set_layout", "decode_param_words", "PostProcessor"]
 
 
-def param_set_layout(lanes):
-    """One output tile's requantization parameters, as 10 consecutive buffer words."""
-    return data.StructLayout({
+def param_words_layout(lanes, wide):
+    """One output tile's requantization parameters as they lie in WGT: :data:`~rtl.isa.PARAM_WORDS`
+    (10) consecutive words, or :data:`~rtl.isa.PARAM_WORDS_WIDE` (13) with ``wide`` (16-bit zero
+    points and the residual multipliers ``d``)."""
+    fields = {
         "bias": data.ArrayLayout(signed(32), lanes),
         "multiplier": data.ArrayLayout(unsigned(32), lanes),
         "shift": data.ArrayLayout(signed(8), lanes),
-        "zero_point": data.ArrayLayout(signed(8), lanes),
-    })
+        "zero_point": data.ArrayLayout(signed(16 if wide else 8), lanes),
+    }
+    if wide:
+        fields["residual_multiplier"] = data.ArrayLayout(unsigned(16), lanes)
+    layout = data.StructLayout(fields)
+    assert layout.size == (PARAM_WORDS_WIDE if wide else PARAM_WORDS) * 8 * lanes
+    return layout
+
+
+def param_set_layout(lanes):
+    """One output tile's parameters as the post-processor takes them (either WGT format,
+    decoded by :func:`decode_param_words`)."""
+    return param_words_layout(lanes, wide=True)
+
+
+def decode_param_words(m, words, wide, lanes):
+    """A :func:`param_set_layout` value from the last :data:`~rtl.isa.PARAM_WORDS_WIDE` words
+    read (``words``, oldest in the low bits): all 13 of them if ``wide``, else the newest 10
+    (an 8-bit zero point, sign-extended, and ``d`` = 0)."""
+    word_bits = 8 * lanes
+    full = data.View(param_words_layout(lanes, True), words)
+    narrow = data.View(param_words_layout(lanes, False),
+                       words[(PARAM_WORDS_WIDE - PARAM_WORDS) * word_bits:])
+    decoded = Signal(param_set_layout(lanes))
+    m.d.comb += [
+        decoded.bias.eq(Mux(wide, full.bias.as_value(), narrow.bias.as_value())),
+        decoded.multiplier.eq(Mux(wide, full.multiplier.as_value(), narrow.multiplier.as_value())),
+        decoded.shift.eq(Mux(wide, full.shift.as_value(), narrow.shift.as_value())),
+        decoded.residual_multiplier.eq(Mux(wide, full.residual_multiplier.as_value(), 0)),
+    ]
+    for c in range(lanes):
+        m.d.comb += decoded.zero_point[c].eq(Mux(wide, full.zero_point[c], narrow.zero_point[c]))
+    return decoded
 
 
 class PostProcessor(wiring.Component):
@@ -30,9 +63,15 @@ class PostProcessor(wiring.Component):
       ``out_base + r * out_stride + 4 * j + q``;
     - ``REQUANT``: ``lanes`` requantizers (one per column) with tile j's parameters
       from ``params`` (one transfer per tile, taken after its last row), one word at
-      ``out_base + r * out_stride + j``;
-    - ``REQUANT_ACT``: the same, then the activation table (an
+      ``out_base + r * out_stride + j``; with ``wide`` INT16 values, two words at
+      ``out_base + r * out_stride + 2 * j`` (columns 0 .. lanes / 2 - 1) and the next
+      (the rest), little-endian; with ``residual_en`` one ``residual`` word (INT8 per
+      column) is taken with every row and ``residual * d`` added to the accumulators;
+    - ``REQUANT_ACT``: the same (INT8 only), then the activation table (an
       :class:`~rtl.activation.Activation` outside, through ``act_i`` and ``act_o``).
+
+    With ``requantize=False`` no requantizer is built: only ``RAW`` works (the compute
+    unit rejects the other post ops first).
 
     Configure while idle, pulse ``start``; ``done`` pulses after the last word is
     accepted on ``write``. ``engine_error`` pulses for a row the engine flagged,
@@ -40,8 +79,9 @@ class PostProcessor(wiring.Component):
     counts the lanes that saturated in a written word.
     """
 
-    def __init__(self, *, lanes, max_rows):
+    def __init__(self, *, lanes, max_rows, requantize=True):
         self._lanes = lanes
+        self._requantize = bool(requantize)
         word_bits = 8 * lanes
         super().__init__({
             "start": In(1),
@@ -51,8 +91,11 @@ class PostProcessor(wiring.Component):
             "out_stride": In(16),
             "m": In(16),
             "n_tiles": In(16),
+            "wide": In(1),
+            "residual_en": In(1),
             "rows": In(stream.Signature(result_row_layout(lanes))),
             "params": In(stream.Signature(param_set_layout(lanes))),
+            "residual": In(stream.Signature(data.ArrayLayout(signed(8), lanes))),
             "act_i": Out(stream.Signature(data.ArrayLayout(signed(8), lanes))),
             "act_o": In(stream.Signature(data.ArrayLayout(signed(8), lanes))),
             "write": Out(stream.Signature(buffer_write_layout(word_bits))),
@@ -67,6 +110,7 @@ class PostProcessor(wiring.Component):
         lanes = self._lanes
         raw = self.post == PostOp.RAW
         activate = self.post == PostOp.REQUANT_ACT
+        wide = ~raw & self.wide
 
         # -- Output address sequence (rows in tile-major order, 4 words per raw row) -------
         row = Signal(16)
@@ -81,7 +125,7 @@ class PostProcessor(wiring.Component):
             self.write.payload.addr.eq(row_addr + tile_offset + quarter),
             word_sent.eq(self.write.valid & self.write.ready),
         ]
-        last_word = (quarter == 3) | ~raw
+        last_word = Mux(raw, quarter == 3, Mux(wide, quarter == 1, 1))
         last_row = row == self.m - 1
         with m.If(self.start):
             m.d.sync += [row.eq(0), tile.eq(0), row_addr.eq(self.out_base), tile_offset.eq(0),
@@ -95,7 +139,7 @@ class PostProcessor(wiring.Component):
                     m.d.sync += [row.eq(row + 1), row_addr.eq(row_addr + self.out_stride)]
                 with m.Else():
                     m.d.sync += [row.eq(0), row_addr.eq(self.out_base), tile.eq(tile + 1),
-                                 tile_offset.eq(tile_offset + Mux(raw, 4, 1))]
+                                 tile_offset.eq(tile_offset + Mux(raw, 4, Mux(wide, 2, 1)))]
                     with m.If(tile == self.n_tiles - 1):
                         m.d.sync += running.eq(0)
                         m.d.comb += self.done.eq(1)
@@ -129,18 +173,24 @@ class PostProcessor(wiring.Component):
                     with m.Case(q):
                         m.d.comb += self.write.payload.data.eq(words[q])
 
+        if not self._requantize:
+            return m
+
         # -- REQUANT(_ACT): one requantizer per column, in lockstep ----------------------------
         requantizers = []
         for c in range(lanes):
-            rq = Requantizer()
+            rq = Requantizer(extended=True)
             m.submodules[f"requantizer_{c}"] = rq
             requantizers.append(rq)
         lead = requantizers[0]
-        feed = ~raw & self.rows.valid & self.params.valid
+        residual_ok = self.residual.valid | ~self.residual_en
+        feed = ~raw & self.rows.valid & self.params.valid & residual_ok
         with m.If(~raw):
-            m.d.comb += self.rows.ready.eq(lead.i.ready & self.params.valid)
+            m.d.comb += self.rows.ready.eq(lead.i.ready & self.params.valid & residual_ok)
             m.d.comb += self.params.ready.eq(row_taken & (in_row == self.m - 1))
+            m.d.comb += self.residual.ready.eq(row_taken & self.residual_en)
         values = Signal(data.ArrayLayout(signed(8), lanes))
+        values16 = Signal(data.ArrayLayout(signed(16), lanes))
         saturated = Signal(lanes)
         shift_error = Signal(lanes)
         for c, rq in enumerate(requantizers):
@@ -151,7 +201,11 @@ class PostProcessor(wiring.Component):
                 rq.i.payload.multiplier.eq(self.params.payload.multiplier[c]),
                 rq.i.payload.shift.eq(self.params.payload.shift[c]),
                 rq.i.payload.zero_point.eq(self.params.payload.zero_point[c]),
+                rq.i.payload.wide.eq(wide),
+                rq.i.payload.residual.eq(Mux(self.residual_en, self.residual.payload[c], 0)),
+                rq.i.payload.residual_multiplier.eq(self.params.payload.residual_multiplier[c]),
                 values[c].eq(rq.o.payload.value),
+                values16[c].eq(rq.o.payload.value),
                 saturated[c].eq(rq.o.payload.saturated),
                 shift_error[c].eq(rq.o.payload.error),
             ]
@@ -173,6 +227,16 @@ class PostProcessor(wiring.Component):
                     self.write.valid.eq(self.act_o.valid),
                     self.write.payload.data.eq(self.act_o.payload),
                     self.act_o.ready.eq(self.write.ready),
+                ]
+            with m.Elif(wide):
+                # Two words per row, the requantizers' outputs held until the second is taken.
+                half = lanes // 2
+                m.d.comb += [
+                    self.write.valid.eq(rq_valid),
+                    self.write.payload.data.eq(Mux(quarter[0],
+                                                   Cat(*(values16[c] for c in range(half, lanes))),
+                                                   Cat(*(values16[c] for c in range(half))))),
+                    rq_ready.eq(self.write.ready & quarter[0]),
                 ]
             with m.Else():
                 m.d.comb += [

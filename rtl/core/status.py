@@ -39,7 +39,7 @@ class Register(enum.IntEnum):
     STATUS = 0        # bit 0 idle, bit 1 error, bits 7:4 ErrorCode, bit 8 blocked
     ERROR_UNIT = 1    # the unit that raised the error: 0 dispatcher, 1 load, 2 compute, 3 store
     LANES = 2         # array size N: rows = cols = lanes, word = lanes bytes
-    CONFIG = 3        # bit 0 FP8 modes built
+    CONFIG = 3        # bits: 0 FP8 modes, 1 vector units, 2 requantizer, 3 scheduler (built)
     INP_WORDS = 4
     WGT_WORDS = 5
     OUT_WORDS = 6
