@@ -4,19 +4,27 @@ The harness clocks the core in C++ and answers its memory port with a memory mod
 (configurable latency and bandwidth), so no Python runs per cycle; the host runtime
 (:class:`jalapeno.sim_transport.SimTransport`) drives it over a pipe. Builds are
 cached under ``build/sim/core-<key>/``, keyed by the RTL sources (``rtl/**/*.py``), the
-Amaranth version, the core's parameters, the harness source, the Verilator version and
-the options — so finding a cached model needs no elaboration — and shared between
-processes by a file lock.
+Amaranth version, the core's parameters, the harness and wrapper sources, the Verilator
+and C++ compiler versions and every option — so finding a cached model needs no
+elaboration — and shared between processes by a file lock.
+
+Speed (see docs/core.md, "Simulation speed"): the core sits in a wrapper that registers
+its inputs (:func:`sim_wrapper`), so each clock cycle evaluates the design once; the
+model's C++ is compiled with ``-O2`` (:data:`MAKE_ARGS`) instead of Verilator's ``-Os``.
 """
 
 import dataclasses
 import fcntl
 import hashlib
+import inspect
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -27,8 +35,15 @@ from .verilog import component_to_verilog
 __all__ = ["CoreConfig", "PRESETS", "build_core_model"]
 
 HARNESS = Path(__file__).resolve().parent / "core_harness" / "harness.cpp"
+#: Verilator's options. ``--inline-mult 1`` keeps the shared PE module a module (inlining
+#: it builds slower and runs no faster); ``--x-assign/--x-initial fast`` (Amaranth's
+#: Verilog initialises every register anyway).
 VERILATOR_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3", "--inline-mult", "1",
                   "--x-assign", "fast", "--x-initial", "fast")
+#: Make variables for the C++ build: the per-cycle code at ``-O2`` (Verilator's default
+#: ``-Os`` leaves its wide-arithmetic helpers out of line and runs about 15 % slower);
+#: the initialisation code (``OPT_SLOW``) stays unoptimised, which keeps the build short.
+MAKE_ARGS = ("OPT_FAST=-O2",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,18 +61,22 @@ class CoreConfig:
     max_hidden: int = 1024
     sched_queue_depth: int = 32
     sched_inflight: int = 4
+    vector_units: bool = True
+    requantizer: bool = True
+    scheduler: bool = True
 
     def core(self):
         from rtl.core import Core
         return Core(shared_pe_module=True, **dataclasses.asdict(self))
 
 
-#: Named configurations: ``full`` is the default 16 x 16 core (a first build takes about
-#: 5 minutes); ``small`` a 4 x 4 core that builds in about 20 s, for tests and quick tries.
+#: Named configurations: ``full`` is the default 16 x 16 core (a first build takes 2 to 3
+#: minutes); ``small`` a 4 x 4 core that builds in about 30 s, for tests and quick tries
+#: (its LayerNorm takes MiniLM's rows of 384).
 PRESETS = {
     "full": CoreConfig(),
     "small": CoreConfig(lanes=4, inp_words=4096, wgt_words=4096, out_words=4096, max_rows=128,
-                        dram_words=1 << 18, queue_depth=8, max_length=128, max_hidden=256,
+                        dram_words=1 << 20, queue_depth=8, max_length=128, max_hidden=512,
                         sched_queue_depth=16),
 }
 
@@ -72,11 +91,66 @@ def _rtl_digest():
     return digest.hexdigest()
 
 
+#: Inputs of the core the wrapper passes straight through (not registered).
+DIRECT_INPUTS = ("clk", "reg_addr")
+
+
+def sim_wrapper(core_verilog, name="core_sim", core_name="core"):
+    """Verilog of a wrapper around module ``core_name`` that registers every input but
+    :data:`DIRECT_INPUTS`, on ``clk`` or on a pulse of its own ``capture`` input.
+
+    Verilator evaluates all logic that depends on a top-level input in every ``eval()``
+    (its "input combinational" region); the core's ``rst``, ``soft_reset`` and stream
+    valids reach nearly every register's next-state logic, so without the wrapper the
+    whole design is evaluated in each of the two ``eval()`` calls of a clock cycle
+    besides the clock edge itself. Registered inputs leave only the register read mux
+    (``reg_addr``) there. The harness writes the inputs of the next cycle before each
+    clock edge (``capture`` loads them without clocking the core, after a command from
+    the host changed them), so the core sees the same inputs in the same cycles.
+    """
+    module = re.search(rf"^module {core_name}\((.*?)\);\n(.*?)^endmodule", core_verilog,
+                       re.S | re.M)
+    if module is None:
+        raise ValueError(f"no module {core_name} in the Verilog")
+    ports = re.findall(r"^  (input|output) (?:(\[\d+:0\]) )?(\w+);$", module.group(2), re.M)
+    names = {name.strip() for name in module.group(1).split(",")}
+    if {port for _, _, port in ports} != names or ("input", "", "clk") not in ports:
+        raise ValueError(f"unexpected port declarations in module {core_name}")
+    lines = [f"module {name}(capture, {', '.join(port for _, _, port in ports)});",
+             "  input capture;"]
+    connections = []
+    for direction, width, port in ports:
+        width = f"{width} " if width else ""
+        lines.append(f"  {direction} {width}{port};")
+        if direction == "input" and port not in DIRECT_INPUTS:
+            lines.append(f"  reg {width}{port}_q;")
+            lines.append(f"  always @(posedge clk, posedge capture) {port}_q <= {port};")
+            connections.append(f".{port}({port}_q)")
+        else:
+            connections.append(f".{port}({port})")
+    lines.append(f"  {core_name} {core_name}({', '.join(connections)});")
+    lines.append("endmodule")
+    return "\n".join(lines) + "\n"
+
+
+@cache
+def _compiler_version():
+    """The first line of the C++ compiler's ``--version`` (the one Verilator's make uses)."""
+    try:
+        out = subprocess.run([os.environ.get("CXX", "c++"), "--version"], capture_output=True,
+                             text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.splitlines()[0] if out else "unknown"
+
+
 def build_core_model(config=CoreConfig(), *, progress=None):
     """The path of the harness executable for ``config``, building it if needed."""
     key_material = json.dumps({
         "rtl": _rtl_digest(), "config": dataclasses.asdict(config),
-        "harness": HARNESS.read_text(), "verilator": verilator_version(), "args": VERILATOR_ARGS,
+        "harness": HARNESS.read_text(), "wrapper": inspect.getsource(sim_wrapper),
+        "direct_inputs": DIRECT_INPUTS, "verilator": verilator_version(),
+        "compiler": _compiler_version(), "args": VERILATOR_ARGS, "make": MAKE_ARGS,
     }, sort_keys=True)
     key = hashlib.sha256(key_material.encode()).hexdigest()[:16]
     build_dir = build_root() / "sim" / f"core-{key}"
@@ -90,19 +164,23 @@ def build_core_model(config=CoreConfig(), *, progress=None):
                 if build_dir.exists():
                     shutil.rmtree(build_dir)
                 build_dir.mkdir(parents=True)
-                (build_dir / "core.v").write_text(component_to_verilog(config.core(), "core"))
+                core_verilog = component_to_verilog(config.core(), "core")
+                (build_dir / "core.v").write_text(core_verilog + "\n" + sim_wrapper(core_verilog))
                 start = time.monotonic()
                 if progress:
                     progress(f"building the core model ({config.lanes}x{config.lanes} array) "
-                             f"with Verilator in {build_dir} (once per design; a few minutes "
+                             f"with Verilator in {build_dir} (once per design; 2 to 3 minutes "
                              f"for a 16x16 array)")
                 command = [str(verilator_bin_dir() / "verilator"), "--cc", "--exe", "--build",
-                           "-j", "2", *VERILATOR_ARGS, "--top-module", "core",
+                           "-j", "2", *VERILATOR_ARGS, "--top-module", "core_sim", "--prefix", "Vcore",
+                           *(arg for make_arg in MAKE_ARGS for arg in ("-MAKEFLAGS", make_arg)),
                            "--Mdir", str(build_dir / "obj"), "-o", "Vcore",
                            str(build_dir / "core.v"), str(HARNESS)]
                 result = subprocess.run(command, env=verilator_env(), cwd=build_dir,
                                         capture_output=True, text=True)
-                (build_dir / "build.log").write_text(result.stdout + result.stderr)
+                (build_dir / "build.log").write_text(
+                    " ".join(command) + "\n" + result.stdout + result.stderr
+                    + f"\n(took {time.monotonic() - start:.0f} s)\n")
                 if result.returncode != 0 or not executable.exists():
                     tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
                     raise RuntimeError(f"Verilator build of the core failed "

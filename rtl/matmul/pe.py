@@ -156,14 +156,21 @@ class ProcessingElement(wiring.Component):
             ]
 
         # Stage 1 -> 2: place the product in the column sum (low or high part) and add.
-        s1_low = Signal.like(self.sum_out.low, name="s1_low")
-        s1_high = Signal.like(self.sum_out.high, name="s1_high") if self._fp8 else None
+        # The terms are as wide as their values (the adders below sign-extend them): a
+        # sign extension in a plain assignment becomes a concatenation of copies of the
+        # sign bit in the Verilog, which Verilator evaluates bit by bit.
+        if self._fp8:
+            low_magnitude = Signal(unsigned(8 + SPLIT - 1))
+            high_magnitude = Signal(unsigned(8 + 58 - SPLIT))
+            s1_low = Signal(signed(max(len(low_magnitude) + 1, len(s1_product))), name="s1_low")
+            s1_high = Signal(signed(len(high_magnitude) + 1), name="s1_high")
+        else:
+            s1_low = Signal.like(s1_product, name="s1_low")
+            s1_high = None
         s1_flags = {name: Signal(name=f"s1_term_{name}") for name in ("nan", "pos_inf", "neg_inf", "neg_zero")}
         m.d.comb += s1_low.eq(s1_product)
         if self._fp8:
             significand = s1_product.as_unsigned()[:8]
-            low_magnitude = Signal(unsigned(8 + SPLIT - 1))
-            high_magnitude = Signal(unsigned(8 + 58 - SPLIT))
             m.d.comb += [
                 low_magnitude.eq(significand << s1_shift[:5]),
                 high_magnitude.eq(significand << (s1_shift - SPLIT)[:5]),
@@ -181,10 +188,15 @@ class ProcessingElement(wiring.Component):
         # An invalid lane (a bubble) adds nothing: zero and neg_zero kept.
         term_flags = {name: s1_valid & flag for name, flag in s1_flags.items()}
         term_flags["neg_zero"] = ~s1_valid | s1_flags["neg_zero"]
+        # One register per field of the column sum, put together on ``sum_out``: the same
+        # flip-flops as one struct register, but a Verilator model of a register wider than
+        # 64 bits computes each field's adder once for every 32-bit word the field touches.
+        sum_regs = {name: Signal(field.shape, name=f"sum_{name}") for name, field in self.sum_out.shape()}
+        m.d.comb += [getattr(self.sum_out, name).eq(reg) for name, reg in sum_regs.items()]
         with m.If(self.advance):
-            m.d.sync += self.sum_out.low.eq(self.sum_in.low + Mux(s1_valid, s1_low, 0))
+            m.d.sync += sum_regs["low"].eq(self.sum_in.low + Mux(s1_valid, s1_low, 0))
             if self._fp8:
-                m.d.sync += self.sum_out.high.eq(self.sum_in.high + Mux(s1_valid, s1_high, 0))
+                m.d.sync += sum_regs["high"].eq(self.sum_in.high + Mux(s1_valid, s1_high, 0))
             for name, expr in merge_flags(self.sum_in, term_flags).items():
-                m.d.sync += getattr(self.sum_out, name).eq(expr)
+                m.d.sync += sum_regs[name].eq(expr)
         return m

@@ -3,6 +3,11 @@
 //
 // Verilator spells the double underscores of Amaranth's port names "___05F".
 //
+// The model's top is core_sim (sim/core_model.py: sim_wrapper), which registers the
+// core's inputs (all but clk and reg_addr), so that Verilator evaluates the design once
+// per clock edge instead of once per eval() call: the harness reads the core's outputs
+// after an edge, and puts the next cycle's inputs in with the next edge (cycle()).
+//
 // Command line: Vcore --dram-words N --word-bytes B [--read-latency L] [--write-latency L]
 //                     [--read-interval I] [--write-interval I]
 // (an interval of I cycles between data beats = 1/I words per cycle per channel).
@@ -78,6 +83,16 @@ struct Harness {
     std::deque<std::vector<uint32_t>> requests;       // 4 u32 each
     std::deque<uint32_t> done_tags, responses;
     std::deque<std::vector<uint32_t>> batch_words;    // 8 u32 each
+    // Inputs the harness drives from its own state (besides the queues above).
+    bool in_rst = true, in_soft_reset = false, in_reg_we = false;
+    uint32_t in_reg_wdata = 0;
+    // The inputs the core sees this cycle (captured by the wrapper), as far as the
+    // handshakes need them.
+    bool cur_insn_valid = false, cur_rd_req_ready = false, cur_read_beat = false;
+    bool cur_wr_req_ready = false, cur_wr_data_ready = false, cur_ack = false;
+    bool cur_req_valid = false, cur_done_valid = false;
+    // Harness state changed outside cycle(): the captured inputs are stale.
+    bool dirty = true;
 
     Harness(int argc, char **argv) {
         context = std::make_unique<VerilatedContext>();
@@ -97,14 +112,11 @@ struct Harness {
         if (!word_bytes || word_bytes % 4 || !dram_words) fail("need --word-bytes (multiple of 4) and --dram-words");
         word_u32 = word_bytes / 4;
         dram.assign(dram_words * word_u32, 0);
-        top->clk = 0; top->rst = 1; top->soft_reset = 0; top->insn___05Fvalid = 0;
-        top->mem___05Frd_req___05Fready = 0; top->mem___05Frd_data___05Fvalid = 0; top->mem___05Fwr_req___05Fready = 0;
-        top->mem___05Fwr_data___05Fready = 0; top->mem___05Fwr_ack___05Fvalid = 0; top->mem___05Fwr_ack___05Fpayload = 0;
-        top->reg_addr = 0; top->reg_we = 0; top->reg_wdata = 0;
-        top->req___05Fvalid = 0; top->done___05Fvalid = 0; top->resp___05Fready = 1; top->batch___05Fready = 1;
+        top->clk = 0; top->capture = 0; top->reg_addr = 0;
+        in_rst = true;
         for (int i = 0; i < 4; ++i) cycle();
-        top->rst = 0;
-        top->eval();
+        in_rst = false;
+        dirty = true;
     }
 
     uint32_t *word(uint64_t addr) {
@@ -112,58 +124,83 @@ struct Harness {
         return &dram[addr * word_u32];
     }
 
-    // One clock cycle: drive the model's outputs, settle, sample handshakes, clock, update.
-    void cycle() {
+    // The inputs of the coming cycle, from the harness's state: onto the wrapper's
+    // input ports (captured at the next clock edge, or by capture()).
+    void drive() {
+        top->rst = in_rst; top->soft_reset = in_soft_reset;
+        top->reg_we = in_reg_we; top->reg_wdata = in_reg_wdata;
         // Instruction source.
-        top->insn___05Fvalid = !instructions.empty();
-        if (!instructions.empty()) set_sig(top->insn___05Fpayload, instructions.front().data());
+        cur_insn_valid = !instructions.empty();
+        top->insn___05Fvalid = cur_insn_valid;
+        if (cur_insn_valid) set_sig(top->insn___05Fpayload, instructions.front().data());
         // Read channel: accept requests, return beats of the oldest burst once its latency passed.
-        top->mem___05Frd_req___05Fready = reads.size() < 64;
-        bool read_beat = !reads.empty() && reads.front().ready_at <= now && next_read_beat <= now;
-        top->mem___05Frd_data___05Fvalid = read_beat;
-        if (read_beat) set_sig(top->mem___05Frd_data___05Fpayload, word(reads.front().addr + reads.front().done));
+        cur_rd_req_ready = reads.size() < 64;
+        top->mem___05Frd_req___05Fready = cur_rd_req_ready;
+        cur_read_beat = !reads.empty() && reads.front().ready_at <= now && next_read_beat <= now;
+        top->mem___05Frd_data___05Fvalid = cur_read_beat;
+        if (cur_read_beat) set_sig(top->mem___05Frd_data___05Fpayload, word(reads.front().addr + reads.front().done));
         // Write channel: accept requests, take beats for the oldest burst, acknowledge after latency.
-        top->mem___05Fwr_req___05Fready = writes.size() < 64;
-        top->mem___05Fwr_data___05Fready = !writes.empty() && next_write_beat <= now;
-        bool ack = !acks.empty() && acks.front().ready_at <= now;
-        top->mem___05Fwr_ack___05Fvalid = ack;
+        cur_wr_req_ready = writes.size() < 64;
+        top->mem___05Fwr_req___05Fready = cur_wr_req_ready;
+        cur_wr_data_ready = !writes.empty() && next_write_beat <= now;
+        top->mem___05Fwr_data___05Fready = cur_wr_data_ready;
+        cur_ack = !acks.empty() && acks.front().ready_at <= now;
+        top->mem___05Fwr_ack___05Fvalid = cur_ack;
+        top->mem___05Fwr_ack___05Fpayload = 0;
         // Scheduler: requests and done tags from the host; responses and batch words collected.
-        top->req___05Fvalid = !requests.empty();
-        if (!requests.empty()) set_sig(top->req___05Fpayload, requests.front().data());
-        top->done___05Fvalid = !done_tags.empty();
-        if (!done_tags.empty()) top->done___05Fpayload = done_tags.front();
+        cur_req_valid = !requests.empty();
+        top->req___05Fvalid = cur_req_valid;
+        if (cur_req_valid) set_sig(top->req___05Fpayload, requests.front().data());
+        cur_done_valid = !done_tags.empty();
+        top->done___05Fvalid = cur_done_valid;
+        if (cur_done_valid) top->done___05Fpayload = done_tags.front();
         top->resp___05Fready = 1;
         top->batch___05Fready = 1;
-        top->clk = 0;
-        top->eval();
-        bool insn_fire = top->insn___05Fvalid && top->insn___05Fready;
-        bool rd_req_fire = top->mem___05Frd_req___05Fvalid && top->mem___05Frd_req___05Fready;
-        bool rd_data_fire = read_beat && top->mem___05Frd_data___05Fready;
-        bool wr_req_fire = top->mem___05Fwr_req___05Fvalid && top->mem___05Fwr_req___05Fready;
-        bool wr_data_fire = top->mem___05Fwr_data___05Fvalid && top->mem___05Fwr_data___05Fready;
-        bool ack_fire = ack && top->mem___05Fwr_ack___05Fready;
-        uint64_t rd_req = top->mem___05Frd_req___05Fpayload, wr_req = top->mem___05Fwr_req___05Fpayload;
-        bool req_fire = top->req___05Fvalid && top->req___05Fready;
-        bool done_fire = top->done___05Fvalid && top->done___05Fready;
+    }
+
+    // Load the inputs into the wrapper's registers without clocking the core, after
+    // the harness's state changed outside cycle() (a command from the host).
+    void capture() {
+        drive();
+        top->capture = 1; top->eval();
+        top->capture = 0; top->eval();
+        dirty = false;
+    }
+
+    // One clock cycle. The wrapper (core_model.py) registers every input but clk and
+    // reg_addr, so the core's outputs depend only on its state: they are read straight
+    // after the previous edge, and the next cycle's inputs go in with this edge. The
+    // Verilated model thus evaluates the core's logic once per cycle.
+    void cycle() {
+        if (dirty) capture();
+        bool insn_fire = cur_insn_valid && top->insn___05Fready;
+        bool rd_req_fire = top->mem___05Frd_req___05Fvalid && cur_rd_req_ready;
+        bool rd_data_fire = cur_read_beat && top->mem___05Frd_data___05Fready;
+        bool wr_req_fire = top->mem___05Fwr_req___05Fvalid && cur_wr_req_ready;
+        bool wr_data_fire = top->mem___05Fwr_data___05Fvalid && cur_wr_data_ready;
+        bool ack_fire = cur_ack && top->mem___05Fwr_ack___05Fready;
+        bool req_fire = cur_req_valid && top->req___05Fready;
+        bool done_fire = cur_done_valid && top->done___05Fready;
         if (top->resp___05Fvalid) { uint32_t r[2] = {0}; get_sig(top->resp___05Fpayload, r); responses.push_back(r[0]); }
         if (top->batch___05Fvalid) { std::vector<uint32_t> w(8, 0); get_sig(top->batch___05Fpayload, w.data()); batch_words.push_back(std::move(w)); }
-        uint32_t wr_data[16] = {0};
-        if (wr_data_fire) get_sig(top->mem___05Fwr_data___05Fpayload, wr_data);
-        top->clk = 1;
-        top->eval();
         if (insn_fire) instructions.pop_front();
         if (req_fire) requests.pop_front();
         if (done_fire) done_tags.pop_front();
         if (rd_req_fire) {
-            Burst b{rd_req & 0xFFFFFFFFu, (rd_req >> 32) & 0xFFFF, 0, now + read_latency};
-            reads.push_back(b);
+            uint64_t rd_req = top->mem___05Frd_req___05Fpayload;
+            reads.push_back(Burst{rd_req & 0xFFFFFFFFu, (rd_req >> 32) & 0xFFFF, 0, now + read_latency});
         }
         if (rd_data_fire) {
             next_read_beat = now + read_interval;
             if (++reads.front().done == reads.front().len) reads.pop_front();
         }
-        if (wr_req_fire) writes.push_back(Burst{wr_req & 0xFFFFFFFFu, (wr_req >> 32) & 0xFFFF, 0, 0});
+        if (wr_req_fire) {
+            uint64_t wr_req = top->mem___05Fwr_req___05Fpayload;
+            writes.push_back(Burst{wr_req & 0xFFFFFFFFu, (wr_req >> 32) & 0xFFFF, 0, 0});
+        }
         if (wr_data_fire) {
+            uint32_t wr_data[16] = {0};
+            get_sig(top->mem___05Fwr_data___05Fpayload, wr_data);
             Burst &b = writes.front();
             std::memcpy(word(b.addr + b.done), wr_data, word_bytes);
             next_write_beat = now + write_interval;
@@ -171,17 +208,22 @@ struct Harness {
         }
         if (ack_fire) acks.pop_front();
         ++now;
+        drive();
+        top->clk = 1; top->eval();
+        top->clk = 0; top->eval();
     }
 
     void write_reg(uint32_t index, uint32_t value) {
-        top->reg_addr = index; top->reg_wdata = value; top->reg_we = 1;
+        top->reg_addr = index; in_reg_wdata = value; in_reg_we = true;
+        dirty = true;
         cycle();
-        top->reg_we = 0;
+        in_reg_we = false;
+        dirty = true;
     }
 
     uint32_t reg(uint32_t index) {
+        if (dirty) capture();
         top->reg_addr = index;
-        top->clk = 0;
         top->eval();
         return top->reg_data;
     }
@@ -198,6 +240,7 @@ struct Harness {
                 uint32_t addr = read_value<uint32_t>(), words = read_value<uint32_t>();
                 if (static_cast<uint64_t>(addr) + words > dram_words) fail("write beyond --dram-words");
                 read_exact(&dram[static_cast<uint64_t>(addr) * word_u32], static_cast<std::size_t>(words) * word_bytes);
+                dirty = true;  // a read beat's data may have changed
                 write_exact("K", 1);
                 break;
             }
@@ -214,6 +257,7 @@ struct Harness {
                     read_exact(insn.data(), 32);
                     instructions.push_back(std::move(insn));
                 }
+                dirty = true;
                 write_exact("K", 1);
                 break;
             }
@@ -235,12 +279,14 @@ struct Harness {
                     read_exact(request.data(), 16);
                     requests.push_back(std::move(request));
                 }
+                dirty = true;
                 write_exact("K", 1);
                 break;
             }
             case 'F': {
                 uint32_t count = read_value<uint32_t>();
                 for (uint32_t i = 0; i < count; ++i) done_tags.push_back(read_value<uint32_t>());
+                dirty = true;
                 write_exact("K", 1);
                 break;
             }
@@ -256,9 +302,10 @@ struct Harness {
                 break;
             }
             case 'S': {
-                top->soft_reset = 1; cycle(); top->soft_reset = 0;
+                in_soft_reset = true; dirty = true; cycle(); in_soft_reset = false;
                 instructions.clear(); reads.clear(); writes.clear(); acks.clear();
                 requests.clear(); done_tags.clear(); responses.clear(); batch_words.clear();
+                dirty = true;
                 write_exact("K", 1);
                 break;
             }
@@ -267,6 +314,7 @@ struct Harness {
                 uint8_t mode = read_value<uint8_t>();
                 uint64_t start = now, quiet = 0;
                 uint8_t reason = 3;
+                if (dirty) capture();
                 uint32_t last_progress = progress();
                 while (now - start < max_cycles) {
                     if (top->error) { reason = 1; break; }
