@@ -79,16 +79,21 @@ class Activation(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.lut = lut = Memory(shape=signed(8), depth=256, init=[])
-        write = lut.write_port()
-        reads = [lut.read_port() for _ in range(self._lanes)]
-
-        m.d.comb += [
-            self.table.ready.eq(1),
-            write.addr.eq(self.table.payload.index),
-            write.data.eq(self.table.payload.value),
-            write.en.eq(self.table.valid),
-        ]
+        # One copy of the table per lane, all written together: a memory with one read
+        # port maps onto one block RAM (Yosys' ECP5 memory mapper gives up on 16 read
+        # ports of one memory).
+        reads = []
+        m.d.comb += self.table.ready.eq(1)
+        for lane in range(self._lanes):
+            lut = Memory(shape=signed(8), depth=256, init=[])
+            m.submodules[f"lut_{lane}"] = lut
+            write = lut.write_port()
+            reads.append(lut.read_port())
+            m.d.comb += [
+                write.addr.eq(self.table.payload.index),
+                write.data.eq(self.table.payload.value),
+                write.en.eq(self.table.valid),
+            ]
 
         advance = ~self.o.valid | self.o.ready
         m.d.comb += self.i.ready.eq(advance)

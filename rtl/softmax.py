@@ -211,10 +211,16 @@ class Softmax(wiring.Component):
         score_write = scores.write_port()
         score_read_b = scores.read_port()
         score_read_c = scores.read_port()
-        m.submodules.exp_table = table = Memory(shape=unsigned(EXP_BITS), depth=256, init=[])
-        table_write = table.write_port()
-        table_read_b = [table.read_port() for _ in range(lanes)]
-        table_read_c = [table.read_port() for _ in range(lanes)]
+        # The exponential table, one copy per read port (2 x lanes), all written together:
+        # a memory with one read port maps onto one block RAM (Yosys' ECP5 memory mapper
+        # gives up on 32 read ports of one memory).
+        table_writes, table_reads = [], []
+        for copy in range(2 * lanes):
+            table = Memory(shape=unsigned(EXP_BITS), depth=256, init=[])
+            m.submodules[f"exp_table_{copy}"] = table
+            table_writes.append(table.write_port())
+            table_reads.append(table.read_port())
+        table_read_b, table_read_c = table_reads[:lanes], table_reads[lanes:]
 
         def address(slot, index):
             return Cat(index[:addr_bits], slot)
@@ -452,8 +458,8 @@ class Softmax(wiring.Component):
         idle = (in_flight == 0) & ~c1_tag.valid & ~c2_tag.valid
         m.d.comb += [
             self.table.ready.eq(idle),
-            table_write.addr.eq(self.table.payload.index),
-            table_write.data.eq(self.table.payload.value),
-            table_write.en.eq(self.table.valid & idle),
+            *[w.addr.eq(self.table.payload.index) for w in table_writes],
+            *[w.data.eq(self.table.payload.value) for w in table_writes],
+            *[w.en.eq(self.table.valid & idle) for w in table_writes],
         ]
         return m
