@@ -1,0 +1,351 @@
+"""Run a quantized all-MiniLM-L6-v2 program on the accelerator, a batch of sentences at once.
+
+:class:`ProgramExecutor` takes a :class:`sim.golden.minilm_quantized.QuantizedMiniLM` (the
+program of hardware ops that ``jalapeno/minilm/quantize.py`` builds) and runs it on an
+:class:`~jalapeno.accelerator.Accelerator`; its results equal the golden interpreter
+(:func:`sim.golden.minilm_quantized.run_tokens`) bit for bit.
+
+**Selective batching.** A batch of B sequences (lengths T_1 .. T_B) is one matrix of
+sum(T_i) rows, the sequences' tokens concatenated: every row-wise op (GEMM, requantizer,
+LayerNorm, activation) runs once over all rows, attention runs per sequence (and head).
+Row classes (a second parameter set for the first row of each sequence, [CLS]) become
+two instructions over the rows of each class.
+
+Op mapping (each on the RTL; only the embedding lookup and the pooling run on the host):
+
+=================================================  =============================================
+program ops                                        accelerator
+=================================================  =============================================
+MatMul                                             ``matmul`` (passes concatenated along K)
+AttnScores -> Requantize (per head) -> Softmax     ``attention_head`` per sequence and head: one
+-> AttnContext -> Requantize (context)             program, S and P stay on chip
+Requantize / Requantize16 (+ residual)             ``requantize`` (``out_bits=16``, ``residual``)
+LayerNorm16                                        ``layernorm(..., in_bits=16)``
+Activation (column groups)                         ``activation`` per group (and row class)
+HostEmbed, HostPool                                host
+=================================================  =============================================
+
+The FP8 (E4M3) program needs the FP32 -> E4M3 / INT converters, which the core does not
+have yet: running it raises ``NotImplementedError``.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim.golden import minilm_quantized as mq
+
+
+__all__ = ["ProgramExecutor", "BatchStats"]
+
+
+@dataclass
+class BatchStats:
+    """What one batch cost on the device (sums of the hardware counters of every program)."""
+    sequences: int = 0
+    rows: int = 0
+    programs: int = 0
+    cycles: int = 0
+    mac_cycles: int = 0
+    useful_macs: int = 0
+    lanes: int = 0
+    by_op: dict = field(default_factory=dict)
+
+    @property
+    def mac_utilization(self):
+        """Useful MACs / (cycles x lanes^2): how much of the array's peak the batch used."""
+        return self.useful_macs / max(1, self.cycles * self.lanes * self.lanes)
+
+    @property
+    def array_busy(self):
+        """Cycles the array computed / cycles (counts padding and idle PEs as busy)."""
+        return self.mac_cycles / max(1, self.cycles)
+
+    def as_dict(self):
+        return {"sequences": self.sequences, "rows": self.rows, "programs": self.programs,
+                "cycles": self.cycles, "mac_cycles": self.mac_cycles,
+                "useful_macs": self.useful_macs, "mac_utilization": round(self.mac_utilization, 4),
+                "array_busy": round(self.array_busy, 4),
+                "cycles_by_op": dict(sorted(self.by_op.items()))}
+
+
+def _codes(x):
+    """8-bit codes (uint8) of an INT8 tensor (or an already uint8 one)."""
+    x = np.asarray(x)
+    return x if x.dtype == np.uint8 else (x.astype(np.int64) & 0xFF).astype(np.uint8)
+
+
+class ProgramExecutor:
+    """Runs ``model.program`` on ``accelerator`` (see the module docstring).
+
+    Parameters
+    ----------
+    accelerator : jalapeno.accelerator.Accelerator
+    model : sim.golden.minilm_quantized.QuantizedMiniLM
+        The INT8 program (``model.dtype == "int8"``).
+    """
+
+    def __init__(self, accelerator, model):
+        if model.dtype != "int8":
+            raise NotImplementedError(
+                f"the {model.dtype.upper()} program needs the FP32 -> E4M3 / INT converters, "
+                "which the core does not have yet; use the INT8 program")
+        self.accelerator = accelerator
+        self.model = model
+        self._check_fits()
+
+    def _check_fits(self):
+        acc = self.accelerator
+        hidden = self.model.hidden
+        if hidden % acc.lanes or hidden > acc.max_hidden:
+            raise ValueError(f"the core's LayerNorm takes rows of at most {acc.max_hidden} "
+                             f"elements in multiples of {acc.lanes}; the model's hidden size "
+                             f"is {hidden}")
+
+    # -- Public ---------------------------------------------------------------------------
+
+    def run(self, token_ids, *, trace=None, layers=None, progress=None):
+        """Embeddings (B x hidden, float64, unit norm) of a batch of token-id sequences.
+
+        ``trace``: a dict that receives every tensor computed (rows of all sequences
+        concatenated); ``layers``: run only the ops of layers < ``layers`` (and the
+        embedding LayerNorm) and return None (for tests); ``progress(done, total, op)``
+        is called before each op. Returns ``(embeddings, BatchStats)``.
+        """
+        seqs = [np.asarray(ids, dtype=np.int64) for ids in token_ids]
+        if not seqs:
+            raise ValueError("the batch is empty")
+        lengths = [len(s) for s in seqs]
+        if min(lengths) < 1:
+            raise ValueError("every sequence needs at least one token")
+        acc = self.accelerator
+        longest = max(lengths)
+        if longest > acc.max_rows or -(-longest // acc.lanes) * acc.lanes > acc.max_length:
+            raise ValueError(f"a sequence of {longest} tokens exceeds the core (at most "
+                             f"{min(acc.max_rows, acc.max_length)})")
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        rows = int(sum(lengths))
+        classes = np.zeros(rows, dtype=np.int64)
+        classes[starts] = 1
+        stats = BatchStats(sequences=len(seqs), rows=rows, lanes=acc.lanes)
+        ctx = _Context(seqs, lengths, starts, classes, stats)
+        program = self._ops(layers)
+        result = None
+        for i, step in enumerate(program):
+            if progress is not None:
+                progress(i, len(program), step)
+            result = self._execute(step, ctx)
+        if trace is not None:
+            trace.update(ctx.tensors)
+        return (None if layers is not None else result), stats
+
+    # -- Program ------------------------------------------------------------------------
+
+    def _ops(self, layers):
+        """The program with each attention chain grouped into one ``_Attention`` step."""
+        ops = [op for op in self.model.program
+               if layers is None or getattr(op, "layer", -1) < layers]
+        if layers is not None:
+            ops = [op for op in ops if not isinstance(op, mq.HostPool)]
+        steps = []
+        i = 0
+        while i < len(ops):
+            op = ops[i]
+            if isinstance(op, mq.AttnScores):
+                chain = ops[i:i + 5]
+                kinds = [type(o) for o in chain]
+                if kinds != [mq.AttnScores, mq.Requantize, mq.Softmax, mq.AttnContext,
+                             mq.Requantize] or not chain[1].per_head:
+                    raise NotImplementedError(f"attention ops in an unsupported order at {op}")
+                steps.append(_Attention(*chain))
+                i += 5
+            else:
+                steps.append(op)
+                i += 1
+        return steps
+
+    def _execute(self, op, ctx):
+        if isinstance(op, mq.HostEmbed):
+            return self._host_embed(op, ctx)
+        if isinstance(op, mq.HostPool):
+            return self._host_pool(op, ctx)
+        handler = {
+            mq.MatMul: self._matmul,
+            _Attention: self._attention,
+            mq.Requantize: self._requantize,
+            mq.Requantize16: self._requantize,
+            mq.LayerNorm16: self._layernorm,
+            mq.Activation: self._activation,
+        }.get(type(op))
+        if handler is None:
+            raise NotImplementedError(f"{type(op).__name__} has no hardware mapping yet")
+        before = ctx.stats.cycles
+        handler(op, ctx)
+        name = type(op).__name__ if not isinstance(op, _Attention) else "Attention"
+        ctx.stats.by_op[name] = ctx.stats.by_op.get(name, 0) + ctx.stats.cycles - before
+        return None
+
+    def _account(self, ctx, useful_macs=0):
+        s = self.accelerator.last_stats
+        if s is None:
+            return
+        ctx.stats.programs += 1
+        ctx.stats.cycles += s["cycles"]
+        ctx.stats.mac_cycles += s["mac_cycles"]
+        ctx.stats.useful_macs += int(useful_macs)
+
+    # -- Host ops -------------------------------------------------------------------------
+
+    def _host_embed(self, op, ctx):
+        p = self.model.params
+        parts = []
+        for ids in ctx.seqs:
+            e = (p["host.word"][ids].astype(np.float64)
+                 + p["host.position"][:len(ids)].astype(np.float64)
+                 + p["host.token_type"][0].astype(np.float64))
+            parts.append(np.clip(np.rint(e / float(p["host.embed_scale"])), -32768, 32767))
+        ctx.tensors[op.out] = np.concatenate(parts).astype(np.int64)
+
+    def _host_pool(self, op, ctx):
+        x = ctx.tensors[op.inp].astype(np.float64) * self.model.params[f"{op.params}.scale"]
+        out = []
+        for start, length in zip(ctx.starts, ctx.lengths):
+            pooled = x[start:start + length].mean(axis=0)
+            out.append(pooled / max(np.linalg.norm(pooled), 1e-12))
+        return np.stack(out)
+
+    # -- Device ops -----------------------------------------------------------------------
+
+    def _by_class(self, ctx, param, run):
+        """Call ``run(rows, class)`` once, or once per row class when ``param`` has two sets."""
+        param = np.asarray(param)
+        if param.ndim == 2 and param.shape[0] == 2:
+            for c in (0, 1):
+                rows = np.flatnonzero(ctx.classes == c)
+                if rows.size:
+                    run(rows, c)
+        else:
+            run(np.arange(len(ctx.classes)), None)
+
+    def _matmul(self, op, ctx):
+        params = self.model.params
+        a_parts, w_parts = [], []
+        for entry in op.passes:
+            a_name, w_name = entry[0], entry[1]
+            if a_name == mq.ONES:
+                raise NotImplementedError("bias passes (ONES) belong to the E4M3 program")
+            a = ctx.tensors[a_name]
+            if len(entry) > 2:
+                a = a[:, entry[2][0]:entry[2][1]]
+            a_parts.append(_codes(a))
+            w_parts.append(params[w_name])
+        a = np.concatenate(a_parts, axis=1)
+        w = np.concatenate(w_parts, axis=0)
+        ctx.tensors[op.out] = self.accelerator.matmul(a, w, op.mode).astype(np.int64)
+        self._account(ctx, a.shape[0] * a.shape[1] * w.shape[1])
+
+    def _requantize(self, op, ctx):
+        params = self.model.params
+        acc = ctx.tensors[op.inp]
+        names = ("bias", "multiplier", "shift", "zero_point")
+        p = {n: np.asarray(params[f"{op.params}.{n}"]) for n in names}
+        wide = isinstance(op, mq.Requantize16)
+        residual = ctx.tensors[op.residual] if wide and op.residual else None
+        out = np.empty(acc.shape, dtype=np.int64)
+
+        def run(rows, c):
+            kwargs = {n: (v[c] if c is not None else v) for n, v in p.items()}
+            if wide:
+                kwargs["out_bits"] = 16
+            if residual is not None:
+                kwargs["residual"] = residual[rows]
+                kwargs["residual_multiplier"] = params[f"{op.params}.d"]
+            out[rows] = self.accelerator.requantize(acc[rows], **kwargs)
+            self._account(ctx)
+        self._by_class(ctx, p["bias"], run)
+        ctx.tensors[op.out] = out
+
+    def _layernorm(self, op, ctx):
+        params = self.model.params
+        x = ctx.tensors[op.inp]
+        gamma = np.asarray(params[f"{op.params}.gamma"])
+        beta = np.asarray(params[f"{op.params}.beta"])
+        gamma_frac = np.atleast_1d(params[f"{op.params}.gamma_frac"])
+        eps = np.atleast_1d(params[f"{op.params}.eps"])
+        out = np.empty(x.shape, dtype=np.int64)
+
+        def run(rows, c):
+            k = 0 if c is None else c
+            g = gamma if c is None else gamma[c]
+            b = beta if c is None else beta[c]
+            out[rows] = self.accelerator.layernorm(x[rows], g, b, int(gamma_frac[k]), int(eps[k]),
+                                                   in_bits=16)
+            self._account(ctx)
+        self._by_class(ctx, gamma, run)
+        ctx.tensors[op.out] = out
+
+    def _activation(self, op, ctx):
+        if op.unsigned_input:
+            raise NotImplementedError("activation on UINT8 inputs belongs to the E4M3 program")
+        x = ctx.tensors[op.inp]
+        tables = np.asarray(self.model.params[f"{op.params}.tables"])
+        out = np.empty(x.shape, dtype=np.int64)
+        for g, (start, stop) in enumerate(op.groups):
+            if tables.ndim == 3:
+                def run(rows, c, g=g, start=start, stop=stop):
+                    out[rows, start:stop] = self.accelerator.activation(
+                        x[rows, start:stop], tables[c, g])
+                    self._account(ctx)
+                self._by_class(ctx, tables[:, g], run)
+            else:
+                out[:, start:stop] = self.accelerator.activation(x[:, start:stop], tables[g])
+                self._account(ctx)
+        ctx.tensors[op.out] = out
+
+    def _attention(self, step, ctx):
+        scores, s_rq, softmax, context, c_rq = step.ops
+        params = self.model.params
+        qkv = ctx.tensors[scores.inp]
+        v_all = ctx.tensors[context.v]
+        d = scores.head_dim
+        sp = {n: np.asarray(params[f"{s_rq.params}.{n}"]) for n in
+              ("bias", "multiplier", "shift", "zero_point")}
+        cp = {n: np.asarray(params[f"{c_rq.params}.{n}"]) for n in
+              ("bias", "multiplier", "shift", "zero_point")}
+        if any(v.ndim != 1 for v in cp.values()):
+            raise NotImplementedError("context requantization by row class is not mapped")
+        tables = np.asarray(params[f"{softmax.params}.table"])
+        out = np.empty((qkv.shape[0], scores.heads * d), dtype=np.int64)
+        for start, length in zip(ctx.starts, ctx.lengths):
+            rows = slice(start, start + length)
+            for h in range(scores.heads):
+                q = qkv[rows, scores.q_start + h * d: scores.q_start + (h + 1) * d]
+                k = qkv[rows, scores.k_start + h * d: scores.k_start + (h + 1) * d]
+                v = v_all[rows, context.v_start + h * d: context.v_start + (h + 1) * d]
+                cols = slice(h * d, (h + 1) * d)
+                out[rows, cols] = self.accelerator.attention_head(
+                    q, k, v, score_params={n: int(x[h]) for n, x in sp.items()},
+                    softmax_table=tables[h], out_params={n: x[cols] for n, x in cp.items()})
+                self._account(ctx, 2 * length * length * d)
+        ctx.tensors[c_rq.out] = out
+
+
+class _Attention:
+    """The five ops of one attention block, run together (per sequence and head)."""
+
+    def __init__(self, *ops):
+        self.ops = ops
+        self.layer = ops[0].layer
+
+    def __repr__(self):
+        return f"Attention(layer {self.layer})"
+
+
+@dataclass
+class _Context:
+    seqs: list
+    lengths: list
+    starts: np.ndarray
+    classes: np.ndarray
+    stats: BatchStats
+    tensors: dict = field(default_factory=dict)

@@ -1,0 +1,90 @@
+"""all-MiniLM-L6-v2 on the RTL: the quantized program run on the core (4 x 4 Verilator model)
+equals the golden interpreter bit for bit, batched over several sentences; ``jalapeno embed``
+rejects bad input with one line and exit status 2."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from jalapeno.accelerator import Accelerator
+from jalapeno.cli import main as cli_main
+from jalapeno.minilm.executor import ProgramExecutor
+from jalapeno.minilm.quantize import load_or_build
+from jalapeno.minilm.tokenizer import encode
+from jalapeno.sim_transport import SimTransport
+from sim.core_model import PRESETS
+from sim.golden import minilm_quantized as mq
+
+
+pytestmark = pytest.mark.cocotb
+
+SENTENCES = ["Yes.", "How old are you?", "A man is eating food."]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_or_build("int8")
+
+
+@pytest.fixture(scope="module")
+def accelerator():
+    with SimTransport(PRESETS["small"]) as transport:
+        yield Accelerator(transport)
+
+
+def _golden_layer_trace(model, ids, layers):
+    """Golden tensors of the ops of layers < ``layers``, one sequence."""
+    ops = tuple(op for op in model.program
+                if getattr(op, "layer", -1) < layers and not isinstance(op, mq.HostPool))
+    truncated = dataclasses.replace(model, program=ops)
+    trace = {}
+    mq.run_tokens(truncated, ids, trace=trace)
+    return trace
+
+
+def test_first_layer_batched_equals_golden(accelerator, model):
+    ids = encode(SENTENCES)
+    trace = {}
+    executor = ProgramExecutor(accelerator, model)
+    result, stats = executor.run(ids, trace=trace, layers=1)
+    assert result is None
+    goldens = [_golden_layer_trace(model, i, 1) for i in ids]
+    compared = 0
+    for name, value in trace.items():
+        expected = np.concatenate([g[name] for g in goldens])
+        assert value.shape == expected.shape, name
+        mismatches = int(np.count_nonzero(value != expected))
+        assert mismatches == 0, f"{name}: {mismatches} mismatches"
+        compared += 1
+    # every op of the layer was checked: embedding, both LayerNorm copies, QKV, context,
+    # the residual requantizers, GELU, the FFN
+    for name in ("e16", "x_mm", "x_res", "qkv_acc", "qkv", "ctx", "r1_acc", "r1", "h_mm",
+                 "h_res", "u", "g", "r2_acc", "r2"):
+        assert name in trace, name
+    assert compared >= 14
+    assert stats.rows == sum(len(i) for i in ids) and stats.sequences == 3
+    assert stats.cycles > 0 and 0 < stats.mac_utilization <= 1
+
+
+def test_e4m3_program_is_a_clear_error(accelerator):
+    fake = mq.QuantizedMiniLM(dtype="e4m3", program=(), params={})
+    with pytest.raises(NotImplementedError, match="E4M3"):
+        ProgramExecutor(accelerator, fake)
+
+
+def test_empty_batch_is_an_error(accelerator, model):
+    with pytest.raises(ValueError, match="empty"):
+        ProgramExecutor(accelerator, model).run([])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["embed"], "at least one SENTENCE"),
+    (["embed", "  "], "empty"),
+    (["embed", "--dtype", "e4m3", "Hello."], "E4M3"),
+    (["embed", "--target", "ulx3s", "Hello."], "only the simulated core"),
+])
+def test_embed_command_rejects_bad_input(capsys, argv, message):
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
