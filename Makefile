@@ -1,5 +1,6 @@
 # Jalapeño: every target installs what it needs first (`make install`, a no-op once done).
 #
+#   make demo      all-MiniLM-L6-v2 sentence embeddings on the simulated 16 x 16 core
 #   make test      the whole suite (Amaranth-simulator tests and cocotb on Verilator)
 #   make sim       only the cocotb RTL tests
 #   make verilog   build/verilog/<unit>.v for every top-level unit
@@ -19,7 +20,7 @@ JOBS   ?= 2
 # several OpenBLAS threads per worker runs many times slower here).
 PYTEST := OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS)
 
-.PHONY: install test sim verilog lint bench clean distclean
+.PHONY: install demo test sim verilog lint bench clean distclean
 
 # FPGA boards (`make bitstream`, `make flash`): jalapeno/fpga_flow.py, docs/fpga.md.
 BOARD  ?= ulx3s
@@ -43,6 +44,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
+demo: install
+	OPENBLAS_NUM_THREADS=1 $(PY) scripts/demo.py
+
 test: install
 	$(PYTEST) tests
 
@@ -50,7 +54,7 @@ sim: install
 	$(PYTEST) -m cocotb tests
 
 verilog: install
-	$(VENV)/bin/jalapeno verilog --out build/verilog
+	$(VENV)/bin/jalapeno verilog --out build/verilog --board ulx3s --board icebreaker
 
 lint: install
 	$(PY) scripts/lint_verilog.py

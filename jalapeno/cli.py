@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .embed_command import add_embed_parser
 from .run_command import add_run_parser
 
 
@@ -47,10 +48,20 @@ def _verilog(args):
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in args.units or UNITS:
-        path = out / f"{name}.v"
-        path.write_text(component_to_verilog(UNITS[name](), name))
-        print(f"wrote {path}")
+    if not args.boards_only:
+        for name in args.units or UNITS:
+            path = out / f"{name}.v"
+            path.write_text(component_to_verilog(UNITS[name](), name))
+            print(f"wrote {path}")
+    if args.board:
+        from .fpga_flow import FPGAFlowError, board_verilog
+        for board in args.board:
+            try:
+                for path in board_verilog(board, out / "boards"):
+                    print(f"wrote {path}")
+            except FPGAFlowError as error:
+                print(f"jalapeno: {error}", file=sys.stderr)
+                return 1
     return 0
 
 
@@ -60,7 +71,7 @@ def _build(args):
     from .fpga_flow import FPGAFlowError, build
 
     try:
-        report = build(args.board, args.out, args.frequency, seed=args.seed)
+        report = build(args.board, args.out, args.frequency, seed=args.seed, payload=args.payload)
     except (FPGAFlowError, PLLError) as error:   # TimingError too: the report is written
         print(f"jalapeno: {error}", file=sys.stderr)
         return 1
@@ -90,8 +101,13 @@ def build_parser():
     p = sub.add_parser("verilog", help="write Verilog for hardware units")
     p.add_argument("units", nargs="*", metavar="UNIT", help="units to export (default: all)")
     p.add_argument("--out", default="build/verilog", help="output folder (default: build/verilog)")
+    p.add_argument("--board", action="append", choices=("ulx3s", "icebreaker"),
+                   help="also write BOARD's top as the FPGA flow synthesizes it, into OUT/boards/ "
+                        "(repeatable)")
+    p.add_argument("--boards-only", action="store_true", help="no unit Verilog")
     p.set_defaults(func=_verilog)
     add_run_parser(sub)
+    add_embed_parser(sub)
     boards = ("ulx3s", "icebreaker")
     p = sub.add_parser("build", help="build a board's bitstream (Yosys, nextpnr) and report fmax")
     p.add_argument("--board", required=True, choices=boards)
@@ -99,6 +115,9 @@ def build_parser():
                    help="sync clock to ask the PLL for (default: the board's)")
     p.add_argument("--out", metavar="DIR", help="build folder (default: build/BOARD)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default: 1)")
+    p.add_argument("--payload", choices=("core", "engine"),
+                   help="the accelerator core behind the UART link, or the placeholder "
+                        "matmul engine (default: the board's; docs/fpga.md)")
     p.set_defaults(func=_build)
     p = sub.add_parser("flash", help="program a board with openFPGALoader (builds if needed)")
     p.add_argument("--board", required=True, choices=boards)

@@ -1,10 +1,13 @@
 """Build a board's bitstream with the pip-only open flow, and report fmax and resources.
 
 ``build(board, out_dir)`` elaborates a board top (:mod:`rtl.boards.board_top`:
-PLL, reset, UART pins, LEDs and a payload, by default the placeholder
-:class:`~rtl.boards.engine_payload.EnginePayload` around a real INT8 matmul
-engine) with amaranth-boards' platform, runs Yosys, nextpnr and the bitstream
-packer from the YoWASP wheels, and writes ``<out_dir>/report.json``.
+PLL, reset, UART pins, LEDs and a payload: the board's accelerator core behind the
+UART host link, :class:`~rtl.boards.core_payload.CorePayload`, or the placeholder
+:class:`~rtl.boards.engine_payload.EnginePayload` around a real INT8 matmul engine
+where the core does not fit, see :data:`BOARDS`) with amaranth-boards' platform,
+runs Yosys, nextpnr and the bitstream packer from the YoWASP wheels, and writes
+``<out_dir>/report.json``. :func:`board_verilog` writes the Verilog Yosys reads
+(``make verilog``).
 
 Tools
 -----
@@ -39,7 +42,8 @@ Report
 ------
 ``report.json`` (also returned as a dict)::
 
-    board, device, family, rows, cols, macs_per_cycle, seed,
+    board, device, family, payload ("core" | "engine"), core (its parameters),
+    rows, cols, macs_per_cycle, seed,
     target_mhz          the frequency asked for,
     pll_mhz             what the PLL gives (the clock the design runs at),
     fmax_mhz            {clock net: achieved MHz} from nextpnr,
@@ -75,6 +79,7 @@ from importlib import metadata, util
 from pathlib import Path
 
 from rtl.boards.board_top import BoardTop
+from rtl.boards.core_payload import core_payload_factory
 from rtl.boards.engine_payload import EnginePayload
 from rtl.boards.icebreaker import ICEBREAKER
 from rtl.boards.pll import DEFAULT_TOLERANCE
@@ -117,12 +122,25 @@ class BoardFlow:
     spec : rtl.boards.board_top.BoardSpec
     default_mhz : float
         Default ``sync`` frequency: one the default array meets (see docs/fpga.md).
+    payload : str
+        What the board builds by default: ``"core"`` (the accelerator core behind the UART
+        link) or ``"engine"`` (the placeholder LFSR-fed matmul engine).
+    core : dict
+        The board's accelerator core (:class:`rtl.boards.core_payload.CorePayload`:
+        ``memory_words`` and the :class:`rtl.core.Core` parameters).
     rows, cols, max_rows : int
-        Default engine array and accumulator depth.
+        The placeholder engine payload's array and accumulator depth (``payload="engine"``).
     dsp_blocks : int
         DSP blocks (multipliers) on the device.
+    core_dsps : int
+        Multipliers the core needs besides its PEs (requantizers, range checks; measured
+        by synthesis): the PEs get ``dsp_blocks - core_dsps`` DSP blocks.
     synth_opts : str
         Extra options for ``synth_<family>``.
+    abc9 : bool
+        Map LUTs with ABC9 (Yosys' default). False: ``synth_<family> -run :map_luts``, the
+        classic ``abc -lut 4``, then the rest of the script, because Yosys 0.70's ABC9 fails
+        an internal assertion on the LayerNorm unit (see docs/fpga.md).
     nextpnr_opts : str
         Extra options for ``nextpnr-<family>``.
     bitstream_suffix : str
@@ -132,27 +150,52 @@ class BoardFlow:
     """
     spec: object
     default_mhz: float
+    payload: str
+    core: dict
     rows: int
     cols: int
     max_rows: int
     dsp_blocks: int
+    core_dsps: int
     synth_opts: str
+    abc9: bool
     nextpnr_opts: str
     bitstream_suffix: str
     resources: dict
+
+    @property
+    def lanes(self):
+        return self.core["lanes"]
+
+
+#: The cores the boards build (docs/fpga.md, "Board configurations"). No scheduler: its
+#: ports are not on the UART link yet.
+#: ULX3S: the 16 x 16 GEMM datapath (INT32 results; the host requantizes). The row-wise
+#: units and the 16 requantizers need about 240 multipliers besides the PEs' 256, and with
+#: the requantizers alone the LUT-multiplier PEs fill 98 % of the LUTs (docs/fpga.md).
+ULX3S_CORE = dict(lanes=16, memory_words=4096, inp_words=2048, wgt_words=2048, out_words=2048,
+                  max_rows=256, fp8=False, queue_depth=8, max_length=256, max_hidden=512,
+                  vector_units=False, requantizer=False, scheduler=False)
+#: The smallest core: 4 x 4, no softmax, LayerNorm, activation, requantizer or scheduler.
+#: It does not fit the iCE40 UP5K (9,907 LUT4 and 19 multipliers after synthesis, against
+#: 5,280 and 8), so the iCEBreaker builds the placeholder engine payload (docs/fpga.md).
+ICEBREAKER_CORE = dict(lanes=4, memory_words=1024, inp_words=256, wgt_words=256, out_words=256,
+                       max_rows=64, fp8=False, queue_depth=1, max_length=64, max_hidden=64,
+                       vector_units=False, requantizer=False, scheduler=False)
 
 
 BOARDS = {
     # 16 x 16 INT8: 156 PEs on MULT18X18D, 100 with LUT multipliers.
     "ulx3s": BoardFlow(
-        spec=ULX3S, default_mhz=62.5, rows=16, cols=16, max_rows=512, dsp_blocks=156,
-        synth_opts="", nextpnr_opts="--router router2", bitstream_suffix="bit",
+        spec=ULX3S, default_mhz=45, payload="core", core=ULX3S_CORE, rows=16, cols=16,
+        max_rows=512, dsp_blocks=156, core_dsps=13, synth_opts="", abc9=False, nextpnr_opts="--router router2",
+        bitstream_suffix="bit",
         resources={"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D",
                    "bram": "DP16KD"}),
     # 4 x 2 INT8 on 8 of the 8 SB_MAC16.
     "icebreaker": BoardFlow(
-        spec=ICEBREAKER, default_mhz=21, rows=4, cols=2, max_rows=512, dsp_blocks=8,
-        synth_opts="-dsp", nextpnr_opts="", bitstream_suffix="bin",
+        spec=ICEBREAKER, default_mhz=21, payload="engine", core=ICEBREAKER_CORE, rows=4,
+        cols=2, max_rows=512, dsp_blocks=8, core_dsps=0, synth_opts="-dsp", abc9=True, nextpnr_opts="", bitstream_suffix="bin",
         resources={"lut": "ICESTORM_LC", "ff": "ICESTORM_LC", "dsp": "ICESTORM_DSP",
                    "bram": "ICESTORM_RAM"}),
 }
@@ -534,6 +577,8 @@ class PreparedBuild:
     rows: int
     cols: int
     max_rows: int
+    payload: str
+    core: dict
     target_mhz: float
     pll_mhz: float
     lut_pes: int
@@ -541,40 +586,86 @@ class PreparedBuild:
     elaborate_seconds: float
 
 
+PAYLOADS = ("core", "engine")
+
+
+def _payload(flow, payload, rows, cols, max_rows, payload_factory):
+    """(factory, rows, cols, max_rows, core parameters) of a build."""
+    if payload not in PAYLOADS:
+        raise FPGAFlowError(f"unknown payload {payload!r}; choose one of {PAYLOADS}")
+    if payload == "core":
+        core = dict(flow.core)
+        lanes = core["lanes"]
+        if rows not in (None, lanes) or cols not in (None, lanes):
+            raise FPGAFlowError(f"the core's array is {lanes} x {lanes}; rows and cols only "
+                                "apply to the engine payload")
+        if max_rows is not None:
+            core["max_rows"] = max_rows
+        factory = payload_factory or core_payload_factory(**core, shared_pe_module=True)
+        return factory, lanes, lanes, core["max_rows"], core
+    rows = flow.rows if rows is None else rows
+    cols = flow.cols if cols is None else cols
+    max_rows = flow.max_rows if max_rows is None else max_rows
+    factory = payload_factory or partial(EnginePayload, rows=rows, cols=cols, max_rows=max_rows)
+    return factory, rows, cols, max_rows, None
+
+
+def _synthesis_overrides(flow, name):
+    """``synth_opts`` and ``script_after_synth`` (see :class:`BoardFlow`, ``abc9``)."""
+    stat = f"tee -q -o {name}.stat.json stat -json -top {name}"
+    opts = flow.synth_opts
+    if flow.abc9:
+        return opts, stat
+    synth = f"synth_{flow.spec.family}"
+    classic = "; ".join([
+        "check -latchonly -assert",
+        "techmap -map +/lattice/latches_map.v",
+        "abc -lut 4",
+        "clean",
+        f"{synth} {flow.synth_opts} -run map_cells:".replace("  ", " "),
+        stat,
+    ])
+    return f"{opts} -run :map_luts".strip(), classic
+
+
 def prepare(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, max_rows=None,
-            seed=1, payload_factory=None, dsp_reserve=0, tolerance=DEFAULT_TOLERANCE,
-            nextpnr_opts="", keep_pe_registers=True):
+            seed=1, payload=None, payload_factory=None, dsp_reserve=None,
+            tolerance=DEFAULT_TOLERANCE, nextpnr_opts="", keep_pe_registers=True,
+            debug_verilog=False):
     """Elaborate ``board``'s top and write the build files into ``out_dir``.
 
     Takes the parameters of :func:`build` (but ``progress``) and returns a
-    :class:`PreparedBuild`; nothing is synthesized yet.
+    :class:`PreparedBuild`; nothing is synthesized yet. ``debug_verilog`` also writes
+    ``<board>.debug.v``, the Verilog of what Yosys reads (``make verilog``).
     """
     flow = _board(board)
     spec = flow.spec
     start = time.monotonic()
-    rows = flow.rows if rows is None else rows
-    cols = flow.cols if cols is None else cols
-    max_rows = flow.max_rows if max_rows is None else max_rows
+    payload = flow.payload if payload is None else payload
+    factory, rows, cols, max_rows, core = _payload(flow, payload, rows, cols, max_rows,
+                                                   payload_factory)
+    if dsp_reserve is None:
+        dsp_reserve = flow.core_dsps if payload == "core" else 0
     target = flow.default_mhz if frequency_mhz is None else float(frequency_mhz)
     out_dir = Path(default_out_dir(board) if out_dir is None else out_dir).resolve()
     env = tool_environment()
     _check_tools(spec.family, env)
 
-    factory = payload_factory or partial(EnginePayload, rows=rows, cols=cols, max_rows=max_rows)
     top = BoardTop(spec, factory, frequency_mhz=target, tolerance=tolerance)
     name = spec.name
     script, lut_pes = pe_script(name, rows, cols, flow.dsp_blocks - dsp_reserve,
                                 keep_pe_registers=keep_pe_registers)
+    synth_opts, after_synth = _synthesis_overrides(flow, name)
     overrides = {
         "nextpnr_opts": (f"--report nextpnr_report.json --timing-allow-fail --seed {int(seed)} "
                          f"{flow.nextpnr_opts} {nextpnr_opts}").strip(),
-        "script_after_synth": f"tee -q -o {name}.stat.json stat -json -top {name}",
+        "script_after_synth": after_synth,
     }
-    if flow.synth_opts:
-        overrides["synth_opts"] = flow.synth_opts
+    if synth_opts:
+        overrides["synth_opts"] = synth_opts
     overrides["script_after_read"] = script
     platform = spec.platform()
-    plan = platform.prepare(top, name, **overrides)
+    plan = platform.prepare(top, name, debug_verilog=debug_verilog, **overrides)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (f"{name}.bit", f"{name}.bin", f"{name}.svf", f"{name}.config", f"{name}.asc",
                   f"{name}.json", f"{name}.tim", f"{name}.rpt", f"{name}.stat.json",
@@ -585,7 +676,7 @@ def prepare(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, ma
               if spec.family == "ecp5" else f"{platform.device}-{platform.package}")
     return PreparedBuild(
         board=board, flow=flow, out_dir=out_dir, name=name, env=env, device=device,
-        rows=rows, cols=cols, max_rows=max_rows, target_mhz=target,
+        rows=rows, cols=cols, max_rows=max_rows, payload=payload, core=core, target_mhz=target,
         pll_mhz=top.frequency_mhz, lut_pes=lut_pes, seed=int(seed),
         elaborate_seconds=time.monotonic() - start)
 
@@ -614,7 +705,7 @@ def synthesize(prepared):
 
 
 def build(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, max_rows=None,
-          seed=1, progress=print, payload_factory=None, dsp_reserve=0,
+          seed=1, progress=print, payload=None, payload_factory=None, dsp_reserve=None,
           tolerance=DEFAULT_TOLERANCE, nextpnr_opts="", keep_pe_registers=True):
     """Build ``board``'s bitstream and write ``<out_dir>/report.json``.
 
@@ -627,16 +718,22 @@ def build(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, max_
     frequency_mhz : float, optional
         The ``sync`` clock to ask the PLL for (default: the board's default).
     rows, cols, max_rows : int, optional
-        The engine array (default: the board's).
+        The engine payload's array (default: the board's); ``max_rows`` also sets the
+        core's accumulator depth.
     seed : int
         nextpnr's placement seed.
     progress : callable or None
         Called with one line of text per stage / log event (elapsed time first).
+    payload : str, optional
+        ``"core"``: the board's accelerator core behind the UART link
+        (:data:`BoardFlow.core`); ``"engine"``: the placeholder LFSR-fed matmul engine;
+        default: the board's (:data:`BoardFlow.payload`).
     payload_factory : callable, optional
-        ``factory(clk_frequency=hz)`` -> payload (see :mod:`rtl.boards.board_top`);
-        default: :class:`~rtl.boards.engine_payload.EnginePayload` with ``rows`` x ``cols``.
-    dsp_reserve : int
-        DSP blocks the payload needs besides the PEs' multipliers.
+        ``factory(clk_frequency=hz)`` -> payload (see :mod:`rtl.boards.board_top`),
+        instead of the default of ``payload``.
+    dsp_reserve : int, optional
+        DSP blocks the payload needs besides the PEs' multipliers (default: the board's
+        ``core_dsps`` for the core, 0 for the engine).
     tolerance : float
         Largest accepted relative PLL frequency error.
     nextpnr_opts : str
@@ -664,12 +761,13 @@ def build(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, max_
     flow = _board(board)
     say(f"{board}: elaborate (Amaranth -> RTLIL)")
     prepared = prepare(board, out_dir, frequency_mhz, rows=rows, cols=cols, max_rows=max_rows,
-                       seed=seed, payload_factory=payload_factory, dsp_reserve=dsp_reserve,
-                       tolerance=tolerance, nextpnr_opts=nextpnr_opts,
+                       seed=seed, payload=payload, payload_factory=payload_factory,
+                       dsp_reserve=dsp_reserve, tolerance=tolerance, nextpnr_opts=nextpnr_opts,
                        keep_pe_registers=keep_pe_registers)
     out_dir, name, family = prepared.out_dir, prepared.name, flow.spec.family
     rows, cols, pll_mhz, lut_pes = prepared.rows, prepared.cols, prepared.pll_mhz, prepared.lut_pes
-    say(f"{board}: {rows} x {cols} INT8 array ({rows * cols} MACs/cycle"
+    what = "core" if prepared.payload == "core" else "placeholder engine payload"
+    say(f"{board}: {what}, {rows} x {cols} INT8 array ({rows * cols} MACs/cycle"
         + (f", {lut_pes} PEs with LUT multipliers" if lut_pes else "")
         + f"), sync clock {pll_mhz:.3f} MHz (asked {prepared.target_mhz:g}), in {out_dir}")
     seconds = {"elaborate": prepared.elaborate_seconds}
@@ -692,6 +790,8 @@ def build(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, max_
         "board": board,
         "device": prepared.device,
         "family": family,
+        "payload": prepared.payload,
+        "core": prepared.core,
         "rows": rows,
         "cols": cols,
         "max_rows": prepared.max_rows,
@@ -730,3 +830,34 @@ def build(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, max_
             f"{pll_mhz:.2f} MHz{limit}. Build at a lower frequency (--frequency) "
             f"or see {out_dir / f'{name}.tim'}", report)
     return report
+
+
+def board_verilog(board, out_dir, frequency_mhz=None):
+    """Write the Verilog of ``board``'s build (what Yosys synthesizes for ``make bitstream``):
+    ``<out_dir>/<board>.v`` (the top, from the same RTLIL) and one file per shared module
+    it instantiates (the PE). Returns the paths written."""
+    import tempfile
+
+    from amaranth.back import verilog
+
+    from rtl.core.compute_unit import shared_pe_modules
+
+    flow = _board(board)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = prepare(board, tmp, frequency_mhz, debug_verilog=True)
+        top = out_dir / f"{board}.v"
+        shutil.copyfile(Path(tmp) / f"{prepared.name}.debug.v", top)
+    written = [top]
+    if prepared.payload == "core":
+        modules = shared_pe_modules(flow.lanes, flow.core.get("fp8", True), True)
+    else:
+        modules = {pe_module_name(prepared.rows, False): None}
+        from rtl.matmul.pe import ProcessingElement
+        modules = {name: ProcessingElement(rows=prepared.rows, fp8=False) for name in modules}
+    for name, component in modules.items():
+        path = out_dir / f"{name}.v"
+        path.write_text(verilog.convert(component, name=name, emit_src=False))
+        written.append(path)
+    return written

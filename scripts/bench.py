@@ -123,16 +123,74 @@ def bench_core(results):
     run(results)
 
 
+def bench_minilm_accuracy(results):
+    """Golden INT8 / E4M3 programs vs the float64 reference on the 61 test sentences."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("minilm_accuracy",
+                                                  Path(__file__).with_name("minilm_accuracy.py"))
+    accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accuracy)
+    out = Path("build/bench/minilm_accuracy.json")
+    accuracy.main(["--out", str(out)])
+    results.update(json.loads(out.read_text()))
+
+
+def bench_minilm_device(results):
+    """all-MiniLM-L6-v2 on the 16 x 16 core's RTL (the `make demo` sentences, batched by the
+    hardware scheduler): utilization from the cycle counters, bit-exact with the golden."""
+    from jalapeno.minilm.quantize import load_or_build
+    from jalapeno.minilm.service import embed_sentences, open_simulator
+    from jalapeno.minilm.tokenizer import encode
+    from scripts.demo import SENTENCES
+    from sim.golden.minilm_quantized import embed_int8
+
+    model = load_or_build("int8")
+    transport, accelerator = open_simulator("full", progress=print)
+    start = time.monotonic()
+    with transport:
+        embeddings, stats = embed_sentences(accelerator, model, SENTENCES)
+    seconds = time.monotonic() - start
+    golden = embed_int8(model, encode(SENTENCES))
+    s = stats.as_dict()
+    results.update({
+        "minilm.utilization": s["mac_utilization"],
+        "minilm.array_busy": s["array_busy"],
+        "minilm.cycles": s["cycles"],
+        "minilm.cycles_per_sentence": s["cycles_per_sentence"],
+        "minilm.tokens": s["tokens"],
+        "minilm.batches": s["batches"],
+        "minilm.device_equals_golden": int(np.array_equal(embeddings, golden)),
+        "minilm.sim_seconds": round(seconds, 1),
+        "minilm.sim_cycles_per_second": round(s["cycles"] / seconds),
+    })
+
+
+def bench_fpga(results):
+    """Bitstreams of both boards (place and route: the longest bench, tens of minutes)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fpga_bench import bench_fpga as run
+    run(results, progress=print)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="build/bench/results.json")
+    parser.add_argument("--only", nargs="+", metavar="BENCH",
+                        help="run only these benches (names without bench_)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.exists() else {}
-    for bench in (bench_unit_latency, bench_pysim_speed, bench_verilator_speed,
-                  bench_synthesis, bench_softmax, bench_layernorm, bench_scheduler, bench_matmul,
-                  bench_core):
+    benches = (bench_unit_latency, bench_pysim_speed, bench_verilator_speed,
+               bench_synthesis, bench_softmax, bench_layernorm, bench_scheduler, bench_matmul,
+               bench_core, bench_minilm_accuracy, bench_minilm_device, bench_fpga)
+    if args.only:
+        known = {b.__name__.removeprefix("bench_"): b for b in benches}
+        unknown = [name for name in args.only if name not in known]
+        if unknown:
+            parser.error(f"unknown bench(es) {unknown}; known: {sorted(known)}")
+        benches = [known[name] for name in args.only]
+    for bench in benches:
         print(f"-- {bench.__name__}", flush=True)
         bench(results)
     out.write_text(json.dumps(dict(sorted(results.items())), indent=2) + "\n")

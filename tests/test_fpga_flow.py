@@ -320,9 +320,57 @@ def test_real_openfpgaloader_without_its_libraries(bitstream, monkeypatch):
 def test_board_top_synthesizes_with_dsps(tmp_path, board, dsp_cell, pll_cell):
     """A 2 x 1 engine on each board: one PE on a DSP, the other with a LUT multiplier."""
     reserve = BOARDS[board].dsp_blocks - 1
-    prepared = prepare(board, tmp_path, rows=2, cols=1, max_rows=16, dsp_reserve=reserve)
+    prepared = prepare(board, tmp_path, rows=2, cols=1, max_rows=16, dsp_reserve=reserve,
+                       payload="engine")
     assert prepared.lut_pes == 1
     cells = synthesize(prepared)
     assert cells[dsp_cell] == 1 and cells["dsp"] == 1, cells
     assert cells[pll_cell] == 1, cells
     assert cells["lut4"] > 0 and cells["ff"] > 0
+
+
+# -- The core as the payload ------------------------------------------------------------------
+
+def test_uart_divisor():
+    from rtl.boards.core_payload import uart_divisor
+    assert uart_divisor(45e6, 3_000_000) == 15
+    assert uart_divisor(21e6, 3_000_000) == 7
+    with pytest.raises(ValueError, match="off by 1.96 %"):
+        uart_divisor(50e6, 3_000_000)
+    with pytest.raises(ValueError, match="at least 12 MHz"):
+        uart_divisor(10e6, 3_000_000)
+
+
+def test_ulx3s_builds_the_core_behind_the_link(tmp_path):
+    prepared = prepare("ulx3s", tmp_path)
+    assert prepared.payload == "core" and prepared.core["lanes"] == 16
+    assert (prepared.rows, prepared.cols) == (16, 16)
+    il = (tmp_path / "ulx3s.il").read_text()
+    for part in ("payload.linked.core", "payload.linked.link", "payload.linked.memory"):
+        assert part in il, part
+    assert "compute.engine" in il
+    for unit in ("compute.softmax.", "compute.layernorm.", "compute.activation.", "scheduler."):
+        assert unit not in il, unit                          # left out (docs/fpga.md)
+    script = (tmp_path / "ulx3s.ys").read_text()
+    assert "synth_ecp5 -run :map_luts" in script and "abc -lut 4" in script
+    assert "synth_ecp5 -run map_cells:" in script
+    # every PE beyond the DSP budget gets the LUT multiplier
+    assert prepared.lut_pes == 256 - (BOARDS["ulx3s"].dsp_blocks - BOARDS["ulx3s"].core_dsps)
+
+
+def test_icebreaker_builds_the_engine_payload(tmp_path):
+    prepared = prepare("icebreaker", tmp_path)
+    assert prepared.payload == "engine" and (prepared.rows, prepared.cols) == (4, 2)
+    with pytest.raises(FPGAFlowError, match="rows and cols only apply to the engine"):
+        prepare("ulx3s", tmp_path, rows=2, cols=2)
+    with pytest.raises(FPGAFlowError, match="unknown payload"):
+        prepare("ulx3s", tmp_path, payload="cpu")
+
+
+def test_board_verilog_is_what_yosys_reads(tmp_path):
+    from jalapeno.fpga_flow import board_verilog
+    paths = board_verilog("icebreaker", tmp_path)
+    assert [p.name for p in paths] == ["icebreaker.v", "jalapeno_pe_4.v"]
+    top = paths[0].read_text()
+    assert "module icebreaker" in top and "SB_PLL40_PAD" in top and "jalapeno_pe_4" in top
+    assert "module jalapeno_pe_4" in paths[1].read_text()
