@@ -152,10 +152,15 @@ class Accelerator:
         return result.view(dtype)[:m, :n]
 
     def linear(self, x_codes, w_codes, *, bias, multiplier, shift, zero_point=0,
-               mode=MatmulMode.INT8, activation_table=None):
+               mode=MatmulMode.INT8, activation_table=None, cls_rows=0, cls_bias=None,
+               cls_multiplier=None, cls_shift=None, cls_zero_point=None):
         """``requantize(X @ W + bias)`` to INT8 per output channel (TFLite single rounding),
         optionally through a 256-entry activation table; bit-exact with
-        :func:`sim.golden.requantizer.requantize` (and :func:`sim.golden.activation.apply`)."""
+        :func:`sim.golden.requantizer.requantize` (and :func:`sim.golden.activation.apply`).
+
+        Row classes: rows ``[0, cls_rows)`` are requantized with the ``cls_*`` parameters
+        instead (``cls_bias``, ``cls_multiplier`` and ``cls_shift`` required when
+        ``cls_rows`` > 0; ``cls_zero_point`` defaults to 0); the GEMMs' ``cls_rows`` field."""
         self._require("linear()", requant=True, vector=activation_table is not None)
         mode = MatmulMode(mode)
         if mode.value >= MatmulMode.E4M3.value:
@@ -163,6 +168,20 @@ class Accelerator:
         x, w = self._check_operands(x_codes, w_codes, mode)
         n = w.shape[1]
         params = self._params(n, bias, multiplier, shift, zero_point)
+        if isinstance(cls_rows, bool) or not isinstance(cls_rows, (int, np.integer)):
+            raise ValueError(f"cls_rows must be an integer, not {cls_rows!r}")
+        cls_rows = int(cls_rows)
+        if not 0 <= cls_rows <= x.shape[0]:
+            raise ValueError(f"cls_rows must lie in 0..{x.shape[0]} (the rows of X), not {cls_rows}")
+        cls_params = None
+        if cls_rows:
+            missing = [name for name, value in (("cls_bias", cls_bias),
+                                                ("cls_multiplier", cls_multiplier),
+                                                ("cls_shift", cls_shift)) if value is None]
+            if missing:
+                raise ValueError(f"cls_rows = {cls_rows} needs {', '.join(missing)}")
+            cls_params = self._params(n, cls_bias, cls_multiplier, cls_shift,
+                                      0 if cls_zero_point is None else cls_zero_point)
         table = None
         if activation_table is not None:
             table = np.asarray(activation_table)
@@ -174,7 +193,8 @@ class Accelerator:
         if x.shape[1] == 0:
             raise ValueError("linear() needs K >= 1")
         post = PostOp.REQUANT_ACT if table is not None else PostOp.REQUANT
-        result = self._gemm(x, w, mode, post, params, table)
+        result = self._gemm(x, w, mode, post, params, table, cls_rows=cls_rows,
+                            cls_params=cls_params)
         return result.view(np.int8)[:x.shape[0], :n]
 
     def softmax(self, scores, table, *, lengths=None, causal=False, row_start=0, offset=0):
@@ -597,15 +617,16 @@ class Accelerator:
         assert all(len(b) == words * self.lanes for b in blocks)
         return np.frombuffer(b"".join(blocks), dtype=np.uint8)
 
-    def _plan(self, m, k_tiles, n_tiles, post):
+    def _plan(self, m, k_tiles, n_tiles, post, param_sets=1):
         lanes = self.lanes
         out_per_tile = 4 if post == PostOp.RAW else 1
         w_half = self.wgt_words // 2
-        w_per_tile = k_tiles * lanes + (PARAM_WORDS if post != PostOp.RAW else 0)
+        p_words = PARAM_WORDS * param_sets if post != PostOp.RAW else 0
+        w_per_tile = k_tiles * lanes + p_words
         if w_per_tile > w_half:
             raise ValueError(f"K = {k_tiles * lanes} is too large for the weight buffer "
                              f"({self.wgt_words} words): at most "
-                             f"{(w_half - PARAM_WORDS) // lanes * lanes}")
+                             f"{(w_half - p_words) // lanes * lanes}")
         if k_tiles > self.inp_words:
             raise ValueError(f"K = {k_tiles * lanes} is too large for the input buffer")
         m_chunk = min(m, self.max_rows, self.inp_words // k_tiles,
@@ -614,15 +635,21 @@ class Accelerator:
                       (self.out_words // 2) // (m_chunk * out_per_tile))
         return m_chunk, n_block, out_per_tile
 
-    def _gemm(self, a, w, mode, post, params, table=None):
+    def _gemm(self, a, w, mode, post, params, table=None, *, cls_rows=0, cls_params=None):
+        """Rows ``[0, cls_rows)`` use ``cls_params`` (another :meth:`_params` block): per M
+        chunk its class-1 rows go in the GEMM's ``cls_rows``, or, if all of them are class 1,
+        the GEMM's ``param_base`` points at the class-1 set; both sets share the weight half."""
         lanes = self.lanes
+        if cls_params is None:
+            cls_rows = 0
         m, k = a.shape
         n = w.shape[1]
         k_tiles, n_tiles = self._tiles(k), self._tiles(n)
         fp8 = mode.value >= MatmulMode.E4M3.value
         a_words = self._padded(a, m, k_tiles * lanes, 0x80 if fp8 else 0)
         w_words = self._padded(w, k_tiles * lanes, n_tiles * lanes, 0)
-        m_chunk, n_block, out_per_tile = self._plan(m, k_tiles, n_tiles, post)
+        m_chunk, n_block, out_per_tile = self._plan(m, k_tiles, n_tiles, post,
+                                                    param_sets=2 if cls_rows else 1)
 
         # External memory: A, W, parameters, table, C.
         address = 0
@@ -633,6 +660,9 @@ class Accelerator:
         p_base = address
         if params is not None:
             address += self._write_words(p_base, params)
+        cp_base = address
+        if cls_rows:
+            address += self._write_words(cp_base, cls_params)
         t_base = address
         if table is not None:
             address += self._write_words(t_base, table)
@@ -657,6 +687,7 @@ class Accelerator:
             gemm_of_half[1] = last_gemm
         for m0 in range(0, m, m_chunk):
             rows = min(m_chunk, m - m0)
+            chunk_cls = max(0, min(cls_rows - m0, rows))    # this chunk's class-1 rows
             a_load = program.load(deps=[last_gemm], bank=Bank.INP, sram_base=0,
                                   sram_stride=k_tiles, rows=rows, cols=k_tiles,
                                   dram_base=a_base + m0 * k_tiles, dram_stride=k_tiles)
@@ -669,17 +700,30 @@ class Accelerator:
                                       sram_stride=nb, rows=k_tiles * lanes, cols=nb,
                                       dram_base=w_base + b0, dram_stride=n_tiles)
                 param_base = half + k_tiles * lanes * nb
-                if params is not None:
-                    w_load = program.load(deps=[gemm_of_half[h]], bank=Bank.WGT,
-                                          sram_base=param_base, sram_stride=0, rows=1,
-                                          cols=nb * PARAM_WORDS,
-                                          dram_base=p_base + b0 * PARAM_WORDS, dram_stride=0)
+                cls_base = param_base + nb * PARAM_WORDS
+                loads = [w_load]
+                if params is not None and chunk_cls < rows:
+                    loads.append(program.load(deps=[gemm_of_half[h]], bank=Bank.WGT,
+                                              sram_base=param_base, sram_stride=0, rows=1,
+                                              cols=nb * PARAM_WORDS,
+                                              dram_base=p_base + b0 * PARAM_WORDS, dram_stride=0))
+                if chunk_cls:
+                    loads.append(program.load(deps=[gemm_of_half[h]], bank=Bank.WGT,
+                                              sram_base=cls_base, sram_stride=0, rows=1,
+                                              cols=nb * PARAM_WORDS,
+                                              dram_base=cp_base + b0 * PARAM_WORDS, dram_stride=0))
+                classes = {}
+                if chunk_cls == rows:       # all class 1: the class-1 set is the only one
+                    param_base = cls_base
+                elif chunk_cls:
+                    classes = dict(cls_rows=chunk_cls, cls_param_base=cls_base)
                 out_base = h * o_half
                 last_gemm = program.gemm(
-                    deps=[a_load, w_load, store_of_half[h]], mode=mode, post=post,
+                    deps=[a_load, *loads, store_of_half[h]], mode=mode, post=post,
                     transpose_w=0, out_bank=Bank.OUT, m=rows, k_tiles=k_tiles, n_tiles=nb,
                     a_base=0, a_stride=k_tiles, w_base=half, w_stride=nb,
-                    out_base=out_base, out_stride=nb * out_per_tile, param_base=param_base)
+                    out_base=out_base, out_stride=nb * out_per_tile, param_base=param_base,
+                    **classes)
                 gemm_of_half[h] = last_gemm
                 store_of_half[h] = program.store(
                     deps=[last_gemm], bank=Bank.OUT, sram_base=out_base,

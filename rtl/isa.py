@@ -111,6 +111,12 @@ TransferInstruction = data.StructLayout({
 #: i.e. row n of the buffer matrix is column n of W), the result goes to
 #: ``out_bank`` (``out_base``, ``out_stride``). Requantization parameters of output
 #: tile j are the :data:`PARAM_WORDS` words at ``param_base + j * PARAM_WORDS`` in WGT.
+#:
+#: Row classes: rows r < ``cls_rows`` (e.g. the [CLS] rows of a batch of sentences) use
+#: the parameter set of tile j at ``cls_param_base + j * PARAM_WORDS`` instead (the rest
+#: keep ``param_base + j * PARAM_WORDS``); ``cls_rows`` = 0 means no classes. BAD_FIELD when
+#: ``cls_rows`` != 0 and (``cls_rows`` >= ``m`` or ``post`` is RAW); ADDRESS when the class-1
+#: parameters (``n_tiles * PARAM_WORDS`` words) leave WGT.
 GemmInstruction = data.StructLayout({
     "header": Header,
     "mode": MatmulMode,
@@ -127,6 +133,8 @@ GemmInstruction = data.StructLayout({
     "out_base": 16,
     "out_stride": 16,
     "param_base": 16,
+    "cls_rows": 16,
+    "cls_param_base": 16,
 })
 
 #: TABLE: load ``count`` 32-bit entries (little-endian, lanes / 4 per word) from WGT at

@@ -103,6 +103,62 @@ def test_linear_with_activation_table(accelerator):
     assert np.array_equal(got, expected["value"].astype(np.int8))
 
 
+def linear_cls_case(rng, m, k, n, cls_rows):
+    """A linear case whose rows [0, cls_rows) have their own parameters (row class 1)."""
+    x, w, params, _ = linear_case(rng, m, k, n)
+    cls = dict(bias=rng.integers(-20000, 20000, n),
+               multiplier=quantize_multipliers(rng.uniform(2e-5, 4e-3, n))[0],
+               shift=quantize_multipliers(rng.uniform(2e-5, 4e-3, n))[1],
+               zero_point=rng.integers(-4, 4, n))
+    accumulators = golden_matmul(x, w, MatmulMode.INT8)
+    expected = {}
+    for part, rows, p in ((0, slice(0, cls_rows), cls), (1, slice(cls_rows, m), params)):
+        r = requantize(accumulators[rows], *(np.asarray(p[f])[None, :] for f in
+                                             ("bias", "multiplier", "shift", "zero_point")))
+        for key, value in r.items():
+            expected.setdefault(key, []).append(value)
+    expected = {key: np.concatenate(value) for key, value in expected.items()}
+    kwargs = dict(params, cls_rows=cls_rows, **{f"cls_{f}": v for f, v in cls.items()})
+    return x, w, kwargs, expected
+
+
+@pytest.mark.parametrize("shape, cls_rows", [
+    ((5, 7, 6), 1), ((5, 7, 6), 3), ((5, 7, 6), 4), ((17, 9, 13), 1), ((17, 9, 13), 16),
+    ((2, 4, 4), 1),
+    # M = 300 in 3 chunks of up to 128 rows: the later chunks have no class-1 rows.
+    ((300, 40, 10), 3),
+    # K = 256: 64-row chunks (INP), 7 tiles per weight half, N = 30 in 2 blocks; the first
+    # two chunks are all class 1 (param_base at the class-1 set), the third has 2 of them.
+    ((140, 256, 30), 130),
+    ((9, 5, 3), 9),     # every row class 1
+])
+def test_linear_row_classes(accelerator, shape, cls_rows):
+    rng = np.random.default_rng(sum(shape) + cls_rows)
+    x, w, kwargs, expected = linear_cls_case(rng, *shape, cls_rows)
+    got = accelerator.linear(x, w, **kwargs)
+    assert np.array_equal(got, expected["value"].astype(np.int8))
+    assert accelerator.last_stats["saturations"] == int(expected["saturated"].sum())
+
+
+def test_linear_row_classes_with_activation_table(accelerator):
+    rng = np.random.default_rng(12)
+    x, w, kwargs, expected = linear_cls_case(rng, 33, 20, 10, 5)
+    table = golden_activation.build_table(golden_activation.gelu, 0.05, 0.03)
+    got = accelerator.linear(x, w, activation_table=table, **kwargs)
+    assert np.array_equal(got, golden_activation.apply(table, expected["value"].astype(np.int8)))
+
+
+def test_linear_row_classes_host_validation(accelerator):
+    rng = np.random.default_rng(13)
+    x, w, kwargs, _ = linear_cls_case(rng, 4, 4, 4, 1)
+    for bad, message in ((dict(cls_rows=-1), "cls_rows must lie"), (dict(cls_rows=5), "cls_rows must lie"),
+                         (dict(cls_rows=1.5), "cls_rows must be an integer"),
+                         (dict(cls_bias=None), "needs cls_bias"),
+                         (dict(cls_shift=99), "shift must be in")):
+        with pytest.raises(ValueError, match=message):
+            accelerator.linear(x, w, **{**kwargs, **bad})
+
+
 @pytest.mark.parametrize("t", [1, 4, 37, 128])
 def test_softmax_masks_and_lengths(accelerator, t):
     rng = np.random.default_rng(t)
@@ -343,6 +399,9 @@ def test_unknown_opcode_is_an_error(accelerator):
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, transpose_w=1, w_base=4000, w_stride=30), 2),
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.REQUANT, param_base=4090), 2),
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, out_base=4094), 2),
+    # Class-1 parameters: 2 tiles x 10 words from 4080 end at 4100 (normal ones fit).
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, post=PostOp.REQUANT, param_base=0,
+                       cls_rows=1, cls_param_base=4080), 2),
     (Opcode.TABLE, dict(base=4090, count=256), 2),
     (Opcode.SOFTMAX, dict(rows=2, words=3, src_base=4094, src_stride=3, dst_base=0), 2),
     (Opcode.LAYERNORM, dict(rows=3, words=4, dst_bank=Bank.OUT, dst_base=4090, dst_stride=4), 2),
@@ -355,7 +414,7 @@ def test_unknown_opcode_is_an_error(accelerator):
     (Opcode.REQUANT, dict(rows=2, words=1, residual=1, res_base=4095, res_stride=1), 2),
     (Opcode.REQUANT, dict(rows=3, words=4, wide=1, residual=1, res_base=4000, res_stride=48), 2),
 ], ids=["load-sram", "load-dram-stride", "load-dram-end", "store-sram", "store-counters",
-        "gemm-a", "gemm-w", "gemm-wt", "gemm-params", "gemm-out", "table", "softmax-src",
+        "gemm-a", "gemm-w", "gemm-wt", "gemm-params", "gemm-out", "gemm-cls-params", "table", "softmax-src",
         "layernorm-dst", "layernorm-wide-src", "requant-src", "requant-params", "requant-wide-params",
         "requant-residual-params", "requant-residual", "requant-residual-stride"])
 def test_out_of_range_addresses_are_errors(accelerator, opcode, fields, unit):
@@ -373,6 +432,9 @@ def test_out_of_range_addresses_are_errors(accelerator, opcode, fields, unit):
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, raw_mode=6), 2),
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, raw_post=3), 2),
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, out_bank=Bank.COUNTERS), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.REQUANT, cls_rows=4), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.REQUANT, cls_rows=9), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.RAW, cls_rows=1), 2),
     (Opcode.SOFTMAX, dict(rows=1, words=33), 2),                 # 132 > max_length 128
     (Opcode.SOFTMAX, dict(rows=1, words=2, length=9), 2),        # length beyond the row
     (Opcode.LAYERNORM, dict(rows=1, words=CONFIG.max_hidden // CONFIG.lanes + 1), 2),  # > max_hidden
@@ -389,6 +451,7 @@ def test_out_of_range_addresses_are_errors(accelerator, opcode, fields, unit):
     (Opcode.REQUANT, dict(rows=1, words=2, wide=1, activate=1), 2),   # no table for INT16
     (Opcode.REQUANT, dict(rows=1, words=3, wide=1), 2),               # 2 words per tile
 ], ids=["load-out", "store-inp", "m0", "m-max", "k0", "n0", "mode6", "post3", "out-counters",
+        "cls-rows-m", "cls-rows-beyond", "cls-raw",
         "softmax-long", "softmax-length", "layernorm-long", "rows0", "dst-counters",
         "table-count", "table-odd", "table-empty", "softmax-wide", "softmax-residual",
         "activation-wide", "activation-residual", "layernorm-residual", "requant-wide-activate",

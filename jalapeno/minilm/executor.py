@@ -9,7 +9,10 @@ program of hardware ops that ``jalapeno/minilm/quantize.py`` builds) and runs it
 sum(T_i) rows, the sequences' tokens concatenated: every row-wise op (GEMM, requantizer,
 LayerNorm, activation) runs once over all rows, attention runs per sequence (and head).
 Row classes (a second parameter set for the first row of each sequence, [CLS]) become
-two instructions over the rows of each class.
+two instructions over the rows of each class, except where a MatMul's INT32 output goes only
+to a Requantize by row class: the two run as one ``linear`` whose GEMMs requantize their
+first ``cls_rows`` rows (the [CLS] rows, permuted to the top) with the class-1 parameters;
+the MatMul's INT32 output is then never formed (nor traced).
 
 Op mapping (each on the RTL; only the embedding lookup and the pooling run on the host):
 
@@ -17,6 +20,8 @@ Op mapping (each on the RTL; only the embedding lookup and the pooling run on th
 program ops                                        accelerator
 =================================================  =============================================
 MatMul                                             ``matmul`` (passes concatenated along K)
+MatMul -> Requantize by row class (INT8 mode)      one ``linear`` with ``cls_rows``: the rows
+                                                   permuted so the [CLS] rows come first
 AttnScores -> Requantize (per head) -> Softmax     ``attention_head`` per sequence and head: one
 -> AttnContext -> Requantize (context)             program, S and P stay on chip
 Requantize / Requantize16 (+ residual)             ``requantize`` (``out_bits=16``, ``residual``)
@@ -159,10 +164,33 @@ class ProgramExecutor:
                     raise NotImplementedError(f"attention ops in an unsupported order at {op}")
                 steps.append(_Attention(*chain))
                 i += 5
+            elif self._fusable(op, ops[i + 1] if i + 1 < len(ops) else None, ops[i + 2:]):
+                steps.append(_Linear(op, ops[i + 1]))
+                i += 2
             else:
                 steps.append(op)
                 i += 1
         return steps
+
+    def _fusable(self, matmul, nxt, later):
+        """A MatMul whose INT32 output only feeds the next op, a (8-bit) Requantize with two
+        row classes of parameters: one ``linear`` with ``cls_rows``."""
+        from rtl.matmul.mode import MatmulMode
+        if (not isinstance(matmul, mq.MatMul) or type(nxt) is not mq.Requantize
+                or nxt.inp != matmul.out or nxt.per_head
+                or MatmulMode(matmul.mode) != MatmulMode.INT8):
+            return False
+        names = ("bias", "multiplier", "shift", "zero_point")
+        params = self.model.params
+        shapes = [np.shape(params[f"{nxt.params}.{n}"]) for n in names]
+        if any(len(shape) != 2 or shape[0] != 2 for shape in shapes):
+            return False
+        for op in later:        # no later read of this MatMul's output before it is rewritten
+            if _reads(op, matmul.out):
+                return False
+            if _writes(op, matmul.out):
+                break
+        return True
 
     def _execute(self, op, ctx):
         if isinstance(op, mq.HostEmbed):
@@ -171,6 +199,7 @@ class ProgramExecutor:
             return self._host_pool(op, ctx)
         handler = {
             mq.MatMul: self._matmul,
+            _Linear: self._linear,
             _Attention: self._attention,
             mq.Requantize: self._requantize,
             mq.Requantize16: self._requantize,
@@ -181,7 +210,8 @@ class ProgramExecutor:
             raise NotImplementedError(f"{type(op).__name__} has no hardware mapping yet")
         before = ctx.stats.cycles
         handler(op, ctx)
-        name = type(op).__name__ if not isinstance(op, _Attention) else "Attention"
+        name = {_Attention: "Attention", _Linear: "MatMul+Requantize"}.get(type(op),
+                                                                           type(op).__name__)
         ctx.stats.by_op[name] = ctx.stats.by_op.get(name, 0) + ctx.stats.cycles - before
         return None
 
@@ -228,6 +258,28 @@ class ProgramExecutor:
             run(np.arange(len(ctx.classes)), None)
 
     def _matmul(self, op, ctx):
+        a, w = self._operands(op, ctx)
+        ctx.tensors[op.out] = self.accelerator.matmul(a, w, op.mode).astype(np.int64)
+        self._account(ctx, a.shape[0] * a.shape[1] * w.shape[1])
+
+    def _linear(self, step, ctx):
+        """MatMul -> Requantize by row class as one ``linear``: class-1 rows first."""
+        a, w = self._operands(step.matmul, ctx)
+        params = self.model.params
+        p = {n: np.asarray(params[f"{step.requantize.params}.{n}"])
+             for n in ("bias", "multiplier", "shift", "zero_point")}
+        order = np.concatenate([np.flatnonzero(ctx.classes == 1), np.flatnonzero(ctx.classes != 1)])
+        cls_rows = int(np.count_nonzero(ctx.classes == 1))
+        y = self.accelerator.linear(
+            a[order], w, mode=step.matmul.mode, cls_rows=cls_rows,
+            **{n: v[0] for n, v in p.items()}, **{f"cls_{n}": v[1] for n, v in p.items()})
+        out = np.empty(y.shape, dtype=np.int64)
+        out[order] = y
+        ctx.tensors[step.requantize.out] = out
+        self._account(ctx, a.shape[0] * a.shape[1] * w.shape[1])
+
+    def _operands(self, op, ctx):
+        """A MatMul's passes concatenated along K: (A codes, W codes)."""
         params = self.model.params
         a_parts, w_parts = [], []
         for entry in op.passes:
@@ -241,8 +293,7 @@ class ProgramExecutor:
             w_parts.append(params[w_name])
         a = np.concatenate(a_parts, axis=1)
         w = np.concatenate(w_parts, axis=0)
-        ctx.tensors[op.out] = self.accelerator.matmul(a, w, op.mode).astype(np.int64)
-        self._account(ctx, a.shape[0] * a.shape[1] * w.shape[1])
+        return a, w
 
     def _requantize(self, op, ctx):
         params = self.model.params
@@ -328,6 +379,39 @@ class ProgramExecutor:
                     softmax_table=tables[h], out_params={n: x[cols] for n, x in cp.items()})
                 self._account(ctx, 2 * length * length * d)
         ctx.tensors[c_rq.out] = out
+
+
+def _reads(op, name):
+    """Whether ``op`` reads tensor ``name`` (a string field, or a MatMul pass)."""
+    if isinstance(op, _Attention):
+        return any(_reads(o, name) for o in op.ops)
+    for f in getattr(op, "__dataclass_fields__", {}):
+        if f == "out":
+            continue
+        value = getattr(op, f)
+        if value == name:
+            return True
+        if f == "passes" and any(entry[0] == name for entry in value):
+            return True
+    return False
+
+
+def _writes(op, name):
+    """Whether ``op`` (over)writes tensor ``name``."""
+    if isinstance(op, _Attention):
+        return any(_writes(o, name) for o in op.ops)
+    return getattr(op, "out", None) == name
+
+
+class _Linear:
+    """A MatMul and the Requantize (by row class) of its output, run as one ``linear``."""
+
+    def __init__(self, matmul, requantize):
+        self.matmul, self.requantize = matmul, requantize
+        self.layer = matmul.layer
+
+    def __repr__(self):
+        return f"Linear({self.matmul.out} -> {self.requantize.out}, layer {self.layer})"
 
 
 class _Attention:

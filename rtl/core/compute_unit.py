@@ -46,7 +46,10 @@ class ComputeUnit(wiring.Component):
     the ``m`` A rows of A[:, kt] read from INP; the passes of tile j accumulate in
     the engine and the last one emits. Two sequencers, one per buffer, run ahead of
     the engine, which double-buffers the weights, so consecutive passes stream
-    without a bubble. The post-processor writes the rows to ``out_bank``.
+    without a bubble. The post-processor writes the rows to ``out_bank``. With row
+    classes (``cls_rows`` != 0) the weight sequencer reads two parameter sets per tile
+    into the parameter FIFO, the class-1 set (``cls_param_base``) first; the
+    post-processor takes the first for rows < ``cls_rows``, the second for the rest.
 
     **SOFTMAX, LAYERNORM, ACTIVATION** (:data:`rtl.isa.VectorInstruction`): rows of
     words from INP through the softmax, LayerNorm or activation unit (``lanes``
@@ -62,11 +65,12 @@ class ComputeUnit(wiring.Component):
 
     Checks before anything runs: BAD_FIELD for a size of 0 or beyond the unit's
     limit (``max_rows``, ``max_length``, ``max_hidden``), a mode the engine was not
-    built with, post op 3, a COUNTERS destination, a softmax ``length`` beyond the row,
-    a bad table target or count, ``residual`` on anything but REQUANT, ``wide`` on anything
-    but REQUANT and LAYERNORM, REQUANT ``wide`` with ``activate`` or an odd ``words``;
-    ADDRESS for any operand (the residual rows too) outside its buffer. A
-    failed instruction is skipped (its tokens are still pushed).
+    built with, post op 3, a COUNTERS destination, GEMM ``cls_rows`` >= ``m`` or with RAW,
+    a softmax ``length`` beyond the row, a bad table target or count, ``residual`` on
+    anything but REQUANT, ``wide`` on anything but REQUANT and LAYERNORM, REQUANT ``wide``
+    with ``activate`` or an odd ``words``; ADDRESS for any operand (the residual rows and
+    GEMM's class-1 parameters too) outside its buffer. A failed instruction is skipped (its
+    tokens are still pushed).
     """
 
     def __init__(self, *, lanes, depths, max_rows, fp8, shared_pe_module, max_length=512,
@@ -148,6 +152,7 @@ class ComputeUnit(wiring.Component):
         is_vector = is_rowwise | is_requant
         is_post = is_gemm | is_requant
         raw = g.post == PostOp.RAW
+        gemm_cls = is_gemm & ~raw & (g.cls_rows != 0)     # row classes: two sets per tile
         # REQUANT: ``wide`` gives 2 output words per tile of lanes columns, ``wide`` or
         # ``residual`` the 13-word parameter sets; each tile has 4 INT32 input words per row.
         rq_tiles = Mux(v.wide, v.words >> 1, v.words)
@@ -163,7 +168,8 @@ class ComputeUnit(wiring.Component):
         max_mode = MatmulMode.E5M2_E4M3.value if self._fp8 else MatmulMode.UINT8.value
         gemm_bad = ((g.m == 0) | (g.m > self._max_rows) | (g.k_tiles == 0) | (g.n_tiles == 0)
                     | (g.mode.as_value() > max_mode) | (g.post.as_value() == 3)
-                    | (g.out_bank == Bank.COUNTERS))
+                    | (g.out_bank == Bank.COUNTERS)
+                    | ((g.cls_rows != 0) & ((g.cls_rows >= g.m) | raw)))
         vector_bad = ((v.rows == 0) | (v.words == 0) | (v.dst_bank == Bank.COUNTERS)
                       | (is_softmax & ((row_elements > self._max_length) | (v.length > row_elements)))
                       | (is_layernorm & (row_elements > self._max_hidden))
@@ -205,8 +211,10 @@ class ComputeUnit(wiring.Component):
                    Mux(is_gemm, g.n_tiles * PARAM_WORDS,
                        Mux(rq_wide_params, rq_tiles * PARAM_WORDS_WIDE, rq_tiles * PARAM_WORDS)),
                    wgt_depth, enable=(is_gemm & ~raw) | is_requant),
-            Extent(v.res_base, v.rows, v.res_stride, rq_tiles, wgt_depth,
-                   enable=is_requant & v.residual),
+            # REQUANT's residual rows, or GEMM's class-1 parameters (never both).
+            Extent(Mux(is_gemm, g.cls_param_base, v.res_base), Mux(is_gemm, 1, v.rows),
+                   Mux(is_gemm, 0, v.res_stride), Mux(is_gemm, g.n_tiles * PARAM_WORDS, rq_tiles),
+                   wgt_depth, enable=Mux(is_gemm, gemm_cls, is_requant & v.residual)),
             Extent(Mux(is_gemm, g.out_base, v.dst_base), Mux(is_gemm, g.m, v.rows),
                    Mux(is_gemm, g.out_stride, v.dst_stride),
                    Mux(is_gemm, Mux(raw, g.n_tiles << 2, g.n_tiles), v.words), out_limit,
@@ -263,6 +271,7 @@ class ComputeUnit(wiring.Component):
             post.n_tiles.eq(Mux(is_gemm, g.n_tiles, rq_tiles)),
             post.wide.eq(is_requant & v.wide),
             post.residual_en.eq(is_requant & v.residual),
+            post.cls_rows.eq(Mux(gemm_cls, g.cls_rows, 0)),
             post.params.payload.eq(param_fifo.r_data), post.params.valid.eq(param_fifo.r_rdy),
             param_fifo.r_en.eq(post.params.ready),
             post.residual.payload.eq(residual_fifo.r_data),
@@ -436,6 +445,8 @@ class ComputeUnit(wiring.Component):
         w_ptr = Signal(16)
         w_tile_base = Signal(16)
         p_ptr = Signal(16)
+        c_ptr = Signal(16)      # the class-1 parameters (gemm_cls)
+        c_phase = Signal()      # reading tile w_j's class-1 set (before its normal one)
         tiles = Mux(is_gemm, g.n_tiles, rq_tiles)
         m.d.comb += [
             engine.cmd.payload.mode.eq(g.mode),
@@ -448,6 +459,7 @@ class ComputeUnit(wiring.Component):
                 with m.If(seq_start & is_post):
                     m.d.sync += [w_j.eq(0), w_kt.eq(0), w_i.eq(0),
                                  p_ptr.eq(Mux(is_gemm, g.param_base, v.param_base)),
+                                 c_ptr.eq(g.cls_param_base), c_phase.eq(gemm_cls),
                                  w_tile_base.eq(g.w_base)]
                     with m.If(is_gemm & raw):
                         m.next = "CMD"
@@ -457,13 +469,22 @@ class ComputeUnit(wiring.Component):
                     m.d.sync += [w_i.eq(0), w_ptr.eq(tbl.base)]
                     m.next = "TABLE"
             with m.State("PARAMS"):
-                m.d.comb += [wgt_reader.addr.valid.eq(1), wgt_reader.addr.payload.addr.eq(p_ptr),
+                m.d.comb += [wgt_reader.addr.valid.eq(1),
+                             wgt_reader.addr.payload.addr.eq(Mux(c_phase, c_ptr, p_ptr)),
                              wgt_reader.addr.payload.tag.eq(_TAG_PARAM)]
                 with m.If(wgt_reader.addr.ready):
-                    m.d.sync += [p_ptr.eq(p_ptr + 1), w_i.eq(w_i + 1)]
+                    m.d.sync += w_i.eq(w_i + 1)
+                    with m.If(c_phase):
+                        m.d.sync += c_ptr.eq(c_ptr + 1)
+                    with m.Else():
+                        m.d.sync += p_ptr.eq(p_ptr + 1)
                     with m.If(w_i == param_last):
                         m.d.sync += w_i.eq(0)
-                        with m.If(is_gemm):
+                        with m.If(c_phase):
+                            # Tile j's class-1 set is in; its normal set follows.
+                            m.d.sync += c_phase.eq(0)
+                        with m.Elif(is_gemm):
+                            m.d.sync += c_phase.eq(gemm_cls)
                             m.next = "CMD"
                         with m.Elif(v.residual):
                             # REQUANT: tile j's residual words follow its parameters.

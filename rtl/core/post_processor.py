@@ -62,7 +62,8 @@ class PostProcessor(wiring.Component):
     - ``RAW``: each row's ``lanes`` 32-bit values as 4 words (little-endian) at
       ``out_base + r * out_stride + 4 * j + q``;
     - ``REQUANT``: ``lanes`` requantizers (one per column) with tile j's parameters
-      from ``params`` (one transfer per tile, taken after its last row), one word at
+      from ``params`` (one transfer per tile, taken after its last row; with ``cls_rows``
+      != 0 two per tile, the first taken after row ``cls_rows`` - 1), one word at
       ``out_base + r * out_stride + j``; with ``wide`` INT16 values, two words at
       ``out_base + r * out_stride + 2 * j`` (columns 0 .. lanes / 2 - 1) and the next
       (the rest), little-endian; with ``residual_en`` one ``residual`` word (INT8 per
@@ -93,6 +94,7 @@ class PostProcessor(wiring.Component):
             "n_tiles": In(16),
             "wide": In(1),
             "residual_en": In(1),
+            "cls_rows": In(16),
             "rows": In(stream.Signature(result_row_layout(lanes))),
             "params": In(stream.Signature(param_set_layout(lanes))),
             "residual": In(stream.Signature(data.ArrayLayout(signed(8), lanes))),
@@ -187,7 +189,10 @@ class PostProcessor(wiring.Component):
         feed = ~raw & self.rows.valid & self.params.valid & residual_ok
         with m.If(~raw):
             m.d.comb += self.rows.ready.eq(lead.i.ready & self.params.valid & residual_ok)
-            m.d.comb += self.params.ready.eq(row_taken & (in_row == self.m - 1))
+            # Row classes: the first set of a tile serves rows < cls_rows, popped after
+            # row cls_rows - 1; the second the rest, popped after the tile's last row.
+            cls_last = (self.cls_rows != 0) & (in_row == self.cls_rows - 1)
+            m.d.comb += self.params.ready.eq(row_taken & ((in_row == self.m - 1) | cls_last))
             m.d.comb += self.residual.ready.eq(row_taken & self.residual_en)
         values = Signal(data.ArrayLayout(signed(8), lanes))
         values16 = Signal(data.ArrayLayout(signed(16), lanes))
