@@ -170,10 +170,12 @@ class BoardFlow:
 
 #: The cores the boards build (docs/fpga.md, "Board configurations"). No scheduler: its
 #: ports are not on the UART link yet.
-#: ULX3S: the 16 x 16 GEMM datapath (INT32 results; the host requantizes). The row-wise
-#: units and the 16 requantizers need about 240 multipliers besides the PEs' 256, and with
-#: the requantizers alone the LUT-multiplier PEs fill 98 % of the LUTs (docs/fpga.md).
-ULX3S_CORE = dict(lanes=16, memory_words=4096, inp_words=2048, wgt_words=2048, out_words=2048,
+#: ULX3S: the 8 x 8 GEMM datapath (INT32 results; the host requantizes), every PE on a
+#: MULT18X18D. At 16 x 16 the row-wise units and the 16 requantizers need about 240
+#: multipliers besides the PEs' 256, with the requantizers alone the LUT-multiplier PEs
+#: fill 98 % of the LUTs, and the GEMM-only 16 x 16 (59 % of the LUTs) did not route:
+#: nextpnr's router2 stalled at 19 k overused wires (docs/fpga.md).
+ULX3S_CORE = dict(lanes=8, memory_words=4096, inp_words=2048, wgt_words=2048, out_words=2048,
                   max_rows=256, fp8=False, queue_depth=8, max_length=256, max_hidden=512,
                   vector_units=False, requantizer=False, scheduler=False)
 #: The smallest core: 4 x 4, no softmax, LayerNorm, activation, requantizer or scheduler.
@@ -595,7 +597,9 @@ def _payload(flow, payload, rows, cols, max_rows, payload_factory):
         raise FPGAFlowError(f"unknown payload {payload!r}; choose one of {PAYLOADS}")
     if payload == "core":
         core = dict(flow.core)
-        lanes = core["lanes"]
+        if hasattr(payload_factory, "core_args"):     # a core_payload_factory of its own
+            core = dict(payload_factory.core_args, memory_words=payload_factory.memory_words)
+        lanes = core.get("lanes", 16)
         if rows not in (None, lanes) or cols not in (None, lanes):
             raise FPGAFlowError(f"the core's array is {lanes} x {lanes}; rows and cols only "
                                 "apply to the engine payload")

@@ -343,8 +343,9 @@ def test_uart_divisor():
 
 def test_ulx3s_builds_the_core_behind_the_link(tmp_path):
     prepared = prepare("ulx3s", tmp_path)
-    assert prepared.payload == "core" and prepared.core["lanes"] == 16
-    assert (prepared.rows, prepared.cols) == (16, 16)
+    lanes = BOARDS["ulx3s"].lanes
+    assert prepared.payload == "core" and prepared.core["lanes"] == lanes
+    assert (prepared.rows, prepared.cols) == (lanes, lanes)
     il = (tmp_path / "ulx3s.il").read_text()
     for part in ("payload.linked.core", "payload.linked.link", "payload.linked.memory"):
         assert part in il, part
@@ -355,7 +356,8 @@ def test_ulx3s_builds_the_core_behind_the_link(tmp_path):
     assert "synth_ecp5 -run :map_luts" in script and "abc -lut 4" in script
     assert "synth_ecp5 -run map_cells:" in script
     # every PE beyond the DSP budget gets the LUT multiplier
-    assert prepared.lut_pes == 256 - (BOARDS["ulx3s"].dsp_blocks - BOARDS["ulx3s"].core_dsps)
+    assert prepared.lut_pes == max(0, lanes * lanes - (BOARDS["ulx3s"].dsp_blocks
+                                                       - BOARDS["ulx3s"].core_dsps))
 
 
 def test_icebreaker_builds_the_engine_payload(tmp_path):
