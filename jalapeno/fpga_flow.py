@@ -854,12 +854,8 @@ def board_verilog(board, out_dir, frequency_mhz=None):
         top = out_dir / f"{board}.v"
         shutil.copyfile(Path(tmp) / f"{prepared.name}.debug.v", top)
     written = [top]
-    if prepared.payload == "core":
-        modules = shared_pe_modules(flow.lanes, flow.core.get("fp8", True), True)
-    else:
-        modules = {pe_module_name(prepared.rows, False): None}
-        from rtl.matmul.pe import ProcessingElement
-        modules = {name: ProcessingElement(rows=prepared.rows, fp8=False) for name in modules}
+    fp8 = prepared.core.get("fp8", True) if prepared.payload == "core" else False
+    modules = shared_pe_modules(prepared.rows, fp8, True)
     for name, component in modules.items():
         path = out_dir / f"{name}.v"
         path.write_text(verilog.convert(component, name=name, emit_src=False))

@@ -66,6 +66,13 @@ class BatchStats:
         """Cycles the array computed / cycles (counts padding and idle PEs as busy)."""
         return self.mac_cycles / max(1, self.cycles)
 
+    def add(self, other):
+        """Accumulate another batch's figures into these."""
+        for name in ("sequences", "rows", "programs", "cycles", "mac_cycles", "useful_macs"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for op, cycles in other.by_op.items():
+            self.by_op[op] = self.by_op.get(op, 0) + cycles
+
     def as_dict(self):
         return {"sequences": self.sequences, "rows": self.rows, "programs": self.programs,
                 "cycles": self.cycles, "mac_cycles": self.mac_cycles,

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .executor import BatchStats, ProgramExecutor
+
 
 __all__ = ["EmbeddingStats", "embed_sentences", "open_simulator", "DEFAULT_MAX_BATCH_ROWS"]
 
@@ -20,17 +22,11 @@ DEFAULT_MAX_BATCH_ROWS = 256
 
 @dataclass
 class EmbeddingStats:
-    """Device statistics of one :func:`embed_sentences` call."""
-    lanes: int
-    sentences: int = 0
-    tokens: int = 0
-    cycles: int = 0             # sum over the batches' programs (hardware cycle counter)
-    mac_cycles: int = 0
-    useful_macs: int = 0
-    programs: int = 0
+    """Device statistics of one :func:`embed_sentences` call: the sum of its batches'
+    :class:`~.executor.BatchStats` (hardware counters) and the size of each batch."""
+    total: BatchStats
     batch_rows: list = field(default_factory=list)
     batch_sentences: list = field(default_factory=list)
-    cycles_by_op: dict = field(default_factory=dict)
 
     @property
     def batches(self):
@@ -38,23 +34,29 @@ class EmbeddingStats:
 
     @property
     def mac_utilization(self):
-        return self.useful_macs / max(1, self.cycles * self.lanes * self.lanes)
+        return self.total.mac_utilization
+
+    def add_batch(self, batch_stats):
+        self.total.add(batch_stats)
+        self.batch_rows.append(batch_stats.rows)
+        self.batch_sentences.append(batch_stats.sequences)
 
     def as_dict(self):
+        t = self.total
         return {
-            "sentences": self.sentences,
-            "tokens": self.tokens,
-            "cycles": self.cycles,
-            "cycles_per_sentence": round(self.cycles / max(1, self.sentences), 1),
-            "mac_utilization": round(self.mac_utilization, 4),
-            "array_busy": round(self.mac_cycles / max(1, self.cycles), 4),
-            "useful_macs": self.useful_macs,
-            "macs_per_cycle_peak": self.lanes * self.lanes,
-            "programs": self.programs,
+            "sentences": t.sequences,
+            "tokens": t.rows,
+            "cycles": t.cycles,
+            "cycles_per_sentence": round(t.cycles / max(1, t.sequences), 1),
+            "mac_utilization": round(t.mac_utilization, 4),
+            "array_busy": round(t.array_busy, 4),
+            "useful_macs": t.useful_macs,
+            "macs_per_cycle_peak": t.lanes * t.lanes,
+            "programs": t.programs,
             "batches": self.batches,
             "rows_per_batch": list(self.batch_rows),
             "sentences_per_batch": list(self.batch_sentences),
-            "cycles_by_op": dict(sorted(self.cycles_by_op.items())),
+            "cycles_by_op": dict(sorted(t.by_op.items())),
         }
 
 
@@ -79,7 +81,6 @@ def embed_sentences(accelerator, model, sentences, *, max_batch_rows=DEFAULT_MAX
     ``progress(text)`` receives a line per batch and op group.
     """
     from ..serving import Request, Server
-    from .executor import ProgramExecutor
     from .tokenizer import encode
 
     if isinstance(sentences, str):
@@ -95,8 +96,7 @@ def embed_sentences(accelerator, model, sentences, *, max_batch_rows=DEFAULT_MAX
     max_batch_rows = min(max_batch_rows, accelerator.max_rows)
     if longest > max_batch_rows:
         raise ValueError(f"a sentence has {longest} tokens; a batch holds at most {max_batch_rows}")
-    stats = EmbeddingStats(lanes=accelerator.lanes, sentences=len(sentences),
-                           tokens=int(sum(len(i) for i in ids)))
+    stats = EmbeddingStats(BatchStats(lanes=accelerator.lanes))
     done = [0]
 
     def run_batch(acc, batch, inputs):
@@ -109,14 +109,7 @@ def embed_sentences(accelerator, model, sentences, *, max_batch_rows=DEFAULT_MAX
             if progress is not None and (i % 8 == 0 or i == total - 1):
                 progress(f"  op {i + 1}/{total}: {op!r}"[:100])
         embeddings, batch_stats = executor.run([inputs[s.id] for s in order], progress=step)
-        stats.cycles += batch_stats.cycles
-        stats.mac_cycles += batch_stats.mac_cycles
-        stats.useful_macs += batch_stats.useful_macs
-        stats.programs += batch_stats.programs
-        stats.batch_rows.append(batch.total_rows)
-        stats.batch_sentences.append(len(order))
-        for op, cycles in batch_stats.by_op.items():
-            stats.cycles_by_op[op] = stats.cycles_by_op.get(op, 0) + cycles
+        stats.add_batch(batch_stats)
         done[0] += len(order)
         return {s.id: embeddings[k] for k, s in enumerate(order)}
 

@@ -75,23 +75,16 @@ class CorePayload(wiring.Component):
     def __init__(self, *, clk_frequency, baud=DEFAULT_BAUD, memory_words=4096, **core_args):
         self.divisor = uart_divisor(clk_frequency, baud)
         self.baud = baud
-        self.memory_words = memory_words
-        self.core_args = dict(core_args)
+        self._linked = LinkedCore(divisor=self.divisor, memory_words=memory_words, **core_args)
         super().__init__()
-
-    def _linked_core(self):
-        return LinkedCore(divisor=self.divisor, memory_words=self.memory_words, **self.core_args)
 
     def verilog_modules(self):
         """The shared PE module of the core's array (see :mod:`.board_top`)."""
-        args = self.core_args
-        from ..core.compute_unit import shared_pe_modules
-        return shared_pe_modules(args.get("lanes", 16), args.get("fp8", True),
-                                 args.get("shared_pe_module", False))
+        return self._linked.verilog_modules()
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.linked = linked = self._linked_core()
+        m.submodules.linked = linked = self._linked
         m.d.comb += [linked.rx.eq(self.uart_rx), self.uart_tx.eq(linked.tx),
                      self.led_error.eq(linked.error)]
         return m
