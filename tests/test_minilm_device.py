@@ -103,3 +103,23 @@ def test_embed_command_rejects_bad_input(capsys, argv, message):
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_served_sentences_come_back_by_id_and_exact(accelerator, model):
+    """embed_sentences: one request per sentence through the hardware scheduler, which forms
+    several batches; each result equals the golden program's for that sentence. (A one-layer
+    program, pooled over layer 0's output, keeps the test short.)"""
+    from jalapeno.minilm.service import embed_sentences
+
+    ops = [op for op in model.program if getattr(op, "layer", -1) < 1
+           and not isinstance(op, mq.HostPool)]
+    one_layer = dataclasses.replace(model, program=(*ops, mq.HostPool("x_res", "out")))
+    sentences = ["Yes.", "No way!", "How old are you?", "Good morning.", "A cat."]
+    embeddings, stats = embed_sentences(accelerator, one_layer, sentences, max_batch_rows=12)
+    golden = mq.embed(one_layer, encode(sentences))
+    assert np.array_equal(embeddings, golden)
+    s = stats.as_dict()
+    assert s["sentences"] == len(sentences) and sum(s["sentences_per_batch"]) == len(sentences)
+    assert s["tokens"] == sum(len(i) for i in encode(sentences)) == sum(s["rows_per_batch"])
+    assert s["batches"] >= 2 and max(s["rows_per_batch"]) <= 12
+    assert s["cycles"] > 0 and 0 < s["mac_utilization"] <= 1
