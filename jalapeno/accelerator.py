@@ -1,5 +1,7 @@
 """The host runtime: an :class:`Accelerator` runs ops and programs on a core through a transport."""
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from rtl.core.status import COUNTER_BASE, Counter, ErrorCode, Register
@@ -10,7 +12,7 @@ from .program import Program
 from .transport import RunOutcome
 
 
-__all__ = ["Accelerator", "DeviceError", "RunStats"]
+__all__ = ["Accelerator", "AttentionHead", "DeviceError", "RunStats"]
 
 _UNITS = {0: "the dispatcher", 1: "the load unit", 2: "the compute unit", 3: "the store unit"}
 _EXPLANATIONS = {
@@ -36,6 +38,22 @@ class RunStats(dict):
     """Counter deltas of one run (``Counter`` names, lower case), plus derived figures."""
 
 
+@dataclass
+class AttentionHead:
+    """One attention head's operands for :meth:`Accelerator.attention_heads`: INT8 ``q``,
+    ``k``, ``v`` (T x d), per-tensor score requantization ``score_params``, the 256-entry
+    ``softmax_table``, per-tensor or per-column ``out_params``, the valid ``length``
+    (default T) and ``causal`` masking."""
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    score_params: dict
+    softmax_table: np.ndarray
+    out_params: dict
+    length: int = None
+    causal: bool = False
+
+
 class Accelerator:
     """Ops on the accelerator core behind ``transport``.
 
@@ -46,6 +64,14 @@ class Accelerator:
     """
 
     MAX_CYCLES = 1 << 40
+    #: Words per chunk of a row-wise op (LayerNorm, activation, requantize): small enough
+    #: that a chunk's load, the previous chunk's op and the one before's store overlap,
+    #: large enough that the per-instruction and memory-latency costs stay small.
+    ROWWISE_CHUNK_WORDS = 512
+    #: Weight (and parameter) words per GEMM block: the first block's load is not hidden
+    #: behind computation, so blocks stay small (one tile at least). 57 x 384 x 384 on the
+    #: 16 x 16 core: 47,389 cycles with half of WGT per block, 41,532 with 2,048 words.
+    GEMM_BLOCK_WORDS = 2048
 
     def __init__(self, transport, *, stats=True):
         self.transport = transport
@@ -388,13 +414,113 @@ class Accelerator:
         of per-tensor (or per-column) ``bias``, ``multiplier``, ``shift``, ``zero_point``.
         K^T is never formed: the GEMM reads K through the weight transposer.
         """
-        self._require("attention_head()", vector=True, requant=True)
+        head = AttentionHead(q, k, v, score_params=score_params, softmax_table=softmax_table,
+                             out_params=out_params, length=length, causal=causal)
+        return self.attention_heads([head])[0]
+
+    def attention_heads(self, heads):
+        """Many attention heads (:class:`AttentionHead`, each as in :meth:`attention_head`)
+        in one program; returns their outputs in order.
+
+        Head i's Q, S and P live in INP half i % 2, its K, V and parameters in WGT half
+        i % 2 and O in OUT half i % 2, so head i + 1's operands load and head i - 1's
+        output stores while head i computes. Consecutive heads with equal softmax tables
+        share one TABLE (two table slots in WGT, so the next table loads early): order the
+        heads by table to load each table once.
+        """
+        self._require("attention_heads()", vector=True, requant=True)
         lanes = self.lanes
-        q, k, v = (self._int8_matrix(a, name) for a, name in ((q, "Q"), (k, "K"), (v, "V")))
+        heads = list(heads)
+        if not heads:
+            return []
+        prepared = [self._prepare_head(h) for h in heads]
+        table_words = len(self._table_words(TableTarget.SOFTMAX, np.zeros(256))) // lanes
+        halves = 2 if len(prepared) > 1 else 1      # one head gets the whole buffers
+        slots = 2 * table_words                     # table slot 0 | table slot 1 in WGT
+        inp_half, out_half = self.inp_words // halves, self.out_words // halves
+        wgt_half = (self.wgt_words - slots) // halves
+        for p in prepared:
+            if (p["inp_words"] > inp_half or p["wgt_words"] > wgt_half
+                    or p["out_words"] > out_half):
+                raise ValueError(f"a head of T = {p['t']}, d = {p['d']} does not fit the "
+                                 f"on-chip buffers ({'half of ' if halves > 1 else ''}INP, WGT "
+                                 "and OUT per head)")
+        # External memory: each head's Q | K | V | score params | out params, each distinct
+        # run of tables, then the outputs.
+        address = 0
+        tables = []                     # (dram address, first head index)
+        for i, p in enumerate(prepared):
+            p["dram"] = address
+            address += self._write_words(address, p["operands"])
+            if i == 0 or not np.array_equal(p["table"], prepared[i - 1]["table"]):
+                tables.append(address)
+                address += self._write_words(
+                    address, self._table_words(TableTarget.SOFTMAX, p["table"]))
+            p["table_run"] = len(tables) - 1
+        for p in prepared:
+            p["o_dram"] = address
+            address += p["t"] * p["d_tiles"]
+        program = Program()
+        last_table = [None, None]       # the TABLE that last read table slot s
+        last_reader = [None, None]      # the GEMM (P V) that last read INP / WGT half h
+        last_store = [None, None]
+        run = -1
+        for i, p in enumerate(prepared):
+            h = i % halves
+            t, d_tiles, t_tiles = p["t"], p["d_tiles"], p["t_tiles"]
+            if p["table_run"] != run:
+                run = p["table_run"]
+                slot = run % 2
+                t_load = program.load(deps=[last_table[slot]], bank=Bank.WGT,
+                                      sram_base=slot * table_words, sram_stride=0, rows=1,
+                                      cols=table_words, dram_base=tables[run], dram_stride=0)
+                last_table[slot] = program.table(deps=[t_load], target=TableTarget.SOFTMAX,
+                                                 base=slot * table_words, count=256)
+            inp = h * inp_half
+            q_at, s_at, p_at = inp, inp + t * d_tiles, inp + t * d_tiles + t * t_tiles
+            k_at = slots + h * wgt_half
+            v_at = k_at + p["t_pad"] * d_tiles
+            sp_at = v_at + p["t_pad"] * d_tiles
+            op_at = sp_at + p["sp_words"]
+            q_load = program.load(deps=[last_reader[h]], bank=Bank.INP, sram_base=q_at,
+                                  sram_stride=d_tiles, rows=t, cols=d_tiles,
+                                  dram_base=p["dram"], dram_stride=d_tiles)
+            w_load = program.load(deps=[last_reader[h]], bank=Bank.WGT, sram_base=k_at, sram_stride=0, rows=1,
+                                  cols=p["wgt_words"], dram_base=p["dram"] + t * d_tiles,
+                                  dram_stride=0)
+            program.gemm(deps=[q_load, w_load], mode=MatmulMode.INT8, post=PostOp.REQUANT,
+                         transpose_w=1, out_bank=Bank.INP, m=t, k_tiles=d_tiles,
+                         n_tiles=t_tiles, a_base=q_at, a_stride=d_tiles, w_base=k_at,
+                         w_stride=d_tiles, out_base=s_at, out_stride=t_tiles, param_base=sp_at)
+            program.add(Opcode.SOFTMAX, dst_bank=Bank.INP, rows=t, words=t_tiles, src_base=s_at,
+                        src_stride=t_tiles, dst_base=p_at, dst_stride=t_tiles,
+                        length=p["length"], causal=p["causal"], row_start=0, offset=0)
+            last_reader[h] = program.gemm(
+                deps=[last_store[h]], mode=MatmulMode.UINT8, post=PostOp.REQUANT, transpose_w=0,
+                out_bank=Bank.OUT, m=t, k_tiles=t_tiles, n_tiles=d_tiles, a_base=p_at,
+                a_stride=t_tiles, w_base=v_at, w_stride=d_tiles, out_base=h * out_half,
+                out_stride=d_tiles, param_base=op_at)
+            last_store[h] = program.store(deps=[last_reader[h]], bank=Bank.OUT,
+                                          sram_base=h * out_half, sram_stride=d_tiles, rows=t,
+                                          cols=d_tiles, dram_base=p["o_dram"],
+                                          dram_stride=d_tiles)
+        self.run(program, useful_macs=sum(2 * p["t"] * p["t"] * p["d"] for p in prepared))
+        outputs = []
+        for p in prepared:
+            data = self.transport.read_memory(p["o_dram"], p["t"] * p["d_tiles"])
+            outputs.append(np.frombuffer(data, dtype=np.int8)
+                           .reshape(p["t"], p["d_tiles"] * lanes)[:, :p["d"]].copy())
+        return outputs
+
+    def _prepare_head(self, head):
+        """A head's checked operands as external-memory words and its buffer needs."""
+        lanes = self.lanes
+        q, k, v = (self._int8_matrix(a, name) for a, name in
+                   ((head.q, "Q"), (head.k, "K"), (head.v, "V")))
         t, d = q.shape
         if k.shape != (t, d) or v.shape != (t, d):
             raise ValueError(f"Q, K and V must all be T x d; got {q.shape}, {k.shape}, {v.shape}")
-        length = t if length is None else int(length)
+        length = t if head.length is None else int(head.length)
         if not 0 <= length <= t:
             raise ValueError(f"length must lie in 0..{t}")
         t_tiles, d_tiles = self._tiles(t), self._tiles(d)
@@ -402,58 +528,21 @@ class Accelerator:
         if t > self.max_rows or t_pad > self.max_length:
             raise ValueError(f"T = {t} exceeds the core (max_rows {self.max_rows}, "
                              f"softmax rows {self.max_length})")
-        table = np.asarray(softmax_table, dtype=np.int64)
+        table = np.asarray(head.softmax_table, dtype=np.int64)
         if table.shape != (256,) or table.min() < 0 or table.max() > 0xFFFF:
             raise ValueError("the softmax table must hold 256 values in 0..65535")
-        s_params = self._params(t_pad, **{"zero_point": 0, **score_params})
-        o_params = self._params(d, **{"zero_point": 0, **out_params})
-        pad = lambda a, rows, cols: self._padded(a.view(np.uint8), rows, cols, 0)
-        # External memory: Q (T x d_tiles words), K (T_pad x d_tiles), V (T_pad x d_tiles),
-        # parameters, softmax table words, O.
-        address = 0
-        regions = {}
-        for name, array in (("q", pad(q, t, d_tiles * lanes)), ("k", pad(k, t_pad, d_tiles * lanes)),
-                            ("v", pad(v, t_pad, d_tiles * lanes)), ("sp", s_params),
-                            ("op", o_params), ("table", self._table_words(TableTarget.SOFTMAX, table))):
-            regions[name] = address
-            address += self._write_words(address, array)
-        o_base = address
-        # On chip: INP = Q | S | P; WGT = softmax table | K | V | score params | out params.
-        q_at, s_at, p_at = 0, t * d_tiles, t * d_tiles + t * t_tiles
-        table_words = len(self._table_words(TableTarget.SOFTMAX, table)) // lanes
-        k_at = table_words
-        v_at = k_at + t_pad * d_tiles
-        sp_at = v_at + t_pad * d_tiles
-        op_at = sp_at + len(s_params) // lanes
-        if p_at + t * t_tiles > self.inp_words or op_at + len(o_params) // lanes > self.wgt_words:
-            raise ValueError("the head does not fit the on-chip buffers")
-        program = Program()
-        loads = [
-            program.load(bank=Bank.INP, sram_base=q_at, sram_stride=d_tiles, rows=t, cols=d_tiles,
-                         dram_base=regions["q"], dram_stride=d_tiles),
-            program.load(bank=Bank.WGT, sram_base=0, sram_stride=0, rows=1, cols=table_words,
-                         dram_base=regions["table"], dram_stride=0),
-            program.load(bank=Bank.WGT, sram_base=k_at, sram_stride=0, rows=1,
-                         cols=2 * t_pad * d_tiles + (len(s_params) + len(o_params)) // lanes,
-                         dram_base=regions["k"], dram_stride=0),
-        ]
-        program.table(deps=loads, target=TableTarget.SOFTMAX, base=0, count=256)
-        program.gemm(mode=MatmulMode.INT8, post=PostOp.REQUANT, transpose_w=1, out_bank=Bank.INP,
-                     m=t, k_tiles=d_tiles, n_tiles=t_tiles, a_base=q_at, a_stride=d_tiles,
-                     w_base=k_at, w_stride=d_tiles, out_base=s_at, out_stride=t_tiles,
-                     param_base=sp_at)
-        program.add(Opcode.SOFTMAX, dst_bank=Bank.INP, rows=t, words=t_tiles, src_base=s_at,
-                    src_stride=t_tiles, dst_base=p_at, dst_stride=t_tiles, length=length,
-                    causal=int(bool(causal)), row_start=0, offset=0)
-        pv = program.gemm(mode=MatmulMode.UINT8, post=PostOp.REQUANT, transpose_w=0,
-                          out_bank=Bank.OUT, m=t, k_tiles=t_tiles, n_tiles=d_tiles, a_base=p_at,
-                          a_stride=t_tiles, w_base=v_at, w_stride=d_tiles, out_base=0,
-                          out_stride=d_tiles, param_base=op_at)
-        program.store(deps=[pv], bank=Bank.OUT, sram_base=0, sram_stride=d_tiles, rows=t,
-                      cols=d_tiles, dram_base=o_base, dram_stride=d_tiles)
-        self.run(program, useful_macs=2 * t * t * d)
-        data = self.transport.read_memory(o_base, t * d_tiles)
-        return np.frombuffer(data, dtype=np.int8).reshape(t, d_tiles * lanes)[:, :d].copy()
+        s_params = self._params(t_pad, **{"zero_point": 0, **head.score_params})
+        o_params = self._params(d, **{"zero_point": 0, **head.out_params})
+        pad = lambda a, rows: self._padded(a.view(np.uint8), rows, d_tiles * lanes, 0)
+        operands = np.concatenate([a.reshape(-1) for a in (pad(q, t), pad(k, t_pad),
+                                                            pad(v, t_pad), s_params, o_params)])
+        sp_words, op_words = len(s_params) // lanes, len(o_params) // lanes
+        return {"t": t, "d": d, "t_tiles": t_tiles, "d_tiles": d_tiles, "t_pad": t_pad,
+                "length": length, "causal": int(bool(head.causal)), "table": table,
+                "operands": operands, "sp_words": sp_words,
+                "inp_words": t * d_tiles + 2 * t * t_tiles,
+                "wgt_words": 2 * t_pad * d_tiles + sp_words + op_words,
+                "out_words": t * d_tiles}
 
     # -- Helpers --------------------------------------------------------------------------
 
@@ -488,14 +577,17 @@ class Accelerator:
     def _rowwise(self, rows_bytes, out_words, op, *, params=None, table=None, side=None):
         """Run a row-wise op over ``rows_bytes`` (M x in_words words) in chunks: each chunk
         is loaded into one INP half, ``op`` writes it to one OUT half, a STORE takes it out;
-        halves alternate so the next chunk loads while this one computes. ``side`` (M x
+        halves alternate so the next chunk loads while this one computes. Chunks are about
+        :attr:`ROWWISE_CHUNK_WORDS` words (even when the whole input would fit), so
+        loading, computing and storing overlap. ``side`` (M x
         side_words words, REQUANT's residual) goes the same way through two WGT halves after
         the table and parameters; ``op`` then gets its chunk's base as ``res_base``."""
         lanes = self.lanes
         m = rows_bytes.shape[0]
         in_words = rows_bytes.shape[1] // lanes
         inp_half, out_half = self.inp_words // 2, self.out_words // 2
-        chunk = min(m, inp_half // in_words, out_half // out_words)
+        chunk = min(m, inp_half // in_words, out_half // out_words,
+                    max(1, self.ROWWISE_CHUNK_WORDS // max(in_words, out_words)))
         if side is not None:
             side_words = side.shape[1] // lanes
             fixed = (-(-len(self._table_words(*table)) // lanes) if table is not None else 0)
@@ -632,7 +724,8 @@ class Accelerator:
         m_chunk = min(m, self.max_rows, self.inp_words // k_tiles,
                       (self.out_words // 2) // out_per_tile)
         n_block = min(n_tiles, w_half // w_per_tile,
-                      (self.out_words // 2) // (m_chunk * out_per_tile))
+                      (self.out_words // 2) // (m_chunk * out_per_tile),
+                      max(1, self.GEMM_BLOCK_WORDS // w_per_tile))
         return m_chunk, n_block, out_per_tile
 
     def _gemm(self, a, w, mode, post, params, table=None, *, cls_rows=0, cls_params=None):

@@ -525,6 +525,40 @@ def test_attention_head_program(accelerator, t, d, length, causal):
     assert np.count_nonzero(expected) > expected.size // 4   # not a trivially zero case
 
 
+def test_attention_heads_in_one_program(accelerator):
+    """Seven heads of different T, d, lengths and tables in one program (double-buffered
+    halves, tables shared by consecutive heads and loaded ahead into two slots): each equals
+    the golden head, and the counters count every head's MACs."""
+    from jalapeno.accelerator import AttentionHead
+    from sim.golden.attention import attention_head
+    from sim.golden.requantizer import quantize_multiplier, quantize_multipliers
+    rng = np.random.default_rng(77)
+    tables = [golden_softmax.exp_table(s) for s in (0.05, 0.08, 0.12)]
+    shapes = [(9, 8, None, 0), (12, 8, 7, 0), (5, 12, None, 1), (17, 8, 17, 0),
+              (1, 4, None, 0), (30, 16, 20, 1), (4, 8, 4, 2)]
+    heads = []
+    for t, d, length, table in shapes:
+        q, k, v = (random_codes(rng, (t, d), 0).astype(np.uint8).view(np.int8) for _ in range(3))
+        score_m, score_s = quantize_multiplier(0.5 / (128 * np.sqrt(d)))
+        out_m, out_s = quantize_multipliers(rng.uniform(0.5, 1.5, d) / 256)
+        heads.append(AttentionHead(q, k, v, score_params=dict(bias=0, multiplier=score_m,
+                                                              shift=score_s),
+                                   softmax_table=tables[table],
+                                   out_params=dict(bias=rng.integers(-5, 5, d),
+                                                   multiplier=out_m, shift=out_s),
+                                   length=length, causal=table == 1))
+    got = accelerator.attention_heads(heads)
+    assert len(got) == len(heads)
+    for head, out in zip(heads, got):
+        expected = attention_head(head.q, head.k, head.v, score_params=head.score_params,
+                                  softmax_table=head.softmax_table, out_params=head.out_params,
+                                  length=head.length, causal=head.causal)
+        assert np.array_equal(out, expected)
+    assert sum(np.count_nonzero(o) for o in got) > sum(o.size for o in got) // 4
+    assert accelerator.last_stats["useful_macs"] == sum(2 * t * t * d for t, d, *_ in shapes)
+    assert accelerator.attention_heads([]) == []
+
+
 def test_attention_head_too_large_for_the_buffers_is_a_clear_error(accelerator):
     x = np.zeros((128, 4), dtype=np.int8)
     with pytest.raises(ValueError, match="does not fit the on-chip buffers"):

@@ -7,7 +7,8 @@ program of hardware ops that ``jalapeno/minilm/quantize.py`` builds) and runs it
 
 **Selective batching.** A batch of B sequences (lengths T_1 .. T_B) is one matrix of
 sum(T_i) rows, the sequences' tokens concatenated: every row-wise op (GEMM, requantizer,
-LayerNorm, activation) runs once over all rows, attention runs per sequence (and head).
+LayerNorm, activation) runs once over all rows, attention per sequence and head (all of a
+layer's heads in one program).
 Row classes (a second parameter set for the first row of each sequence, [CLS]) become
 two instructions over the rows of each class, except where a MatMul's INT32 output goes only
 to a Requantize by row class: the two run as one ``linear`` whose GEMMs requantize their
@@ -22,8 +23,8 @@ program ops                                        accelerator
 MatMul                                             ``matmul`` (passes concatenated along K)
 MatMul -> Requantize by row class (INT8 mode)      one ``linear`` with ``cls_rows``: the rows
                                                    permuted so the [CLS] rows come first
-AttnScores -> Requantize (per head) -> Softmax     ``attention_head`` per sequence and head: one
--> AttnContext -> Requantize (context)             program, S and P stay on chip
+AttnScores -> Requantize (per head) -> Softmax     ``attention_heads``: every sequence and head
+-> AttnContext -> Requantize (context)             in one program, S and P stay on chip
 Requantize / Requantize16 (+ residual)             ``requantize`` (``out_bits=16``, ``residual``)
 LayerNorm16                                        ``layernorm(..., in_bits=16)``
 Activation (column groups)                         ``activation`` per group (and row class)
@@ -39,6 +40,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.golden import minilm_quantized as mq
+
+from ..accelerator import AttentionHead
 
 
 __all__ = ["ProgramExecutor", "BatchStats"]
@@ -374,17 +377,21 @@ class ProgramExecutor:
             raise NotImplementedError("context requantization by row class is not mapped")
         tables = np.asarray(params[f"{softmax.params}.table"])
         out = np.empty((qkv.shape[0], scores.heads * d), dtype=np.int64)
-        for start, length in zip(ctx.starts, ctx.lengths):
-            rows = slice(start, start + length)
-            for h in range(scores.heads):
-                q = qkv[rows, scores.q_start + h * d: scores.q_start + (h + 1) * d]
-                k = qkv[rows, scores.k_start + h * d: scores.k_start + (h + 1) * d]
-                v = v_all[rows, context.v_start + h * d: context.v_start + (h + 1) * d]
-                cols = slice(h * d, (h + 1) * d)
-                out[rows, cols] = self.accelerator.attention_head(
-                    q, k, v, score_params={n: int(x[h]) for n, x in sp.items()},
-                    softmax_table=tables[h], out_params={n: x[cols] for n, x in cp.items()})
-                self._account(ctx, 2 * length * length * d)
+        heads, places = [], []
+        for h in range(scores.heads):           # head-major: each softmax table loads once
+            cols = slice(h * d, (h + 1) * d)
+            for start, length in zip(ctx.starts, ctx.lengths):
+                rows = slice(start, start + length)
+                heads.append(AttentionHead(
+                    q=qkv[rows, scores.q_start + h * d: scores.q_start + (h + 1) * d],
+                    k=qkv[rows, scores.k_start + h * d: scores.k_start + (h + 1) * d],
+                    v=v_all[rows, context.v_start + h * d: context.v_start + (h + 1) * d],
+                    score_params={n: int(x[h]) for n, x in sp.items()},
+                    softmax_table=tables[h], out_params={n: x[cols] for n, x in cp.items()}))
+                places.append((rows, cols))
+        for (rows, cols), o in zip(places, self.accelerator.attention_heads(heads)):
+            out[rows, cols] = o
+        self._account(ctx, sum(2 * n * n * d for n in ctx.lengths) * scores.heads)
         ctx.tensors[c_rq.out] = out
 
 
@@ -422,7 +429,7 @@ class _Linear:
 
 
 class _Attention:
-    """The five ops of one attention block, run together (per sequence and head)."""
+    """The five ops of one attention block, run together (one program: every sequence and head)."""
 
     def __init__(self, *ops):
         self.ops = ops
