@@ -38,7 +38,12 @@ __all__ = ["run_cocotb", "simulator_name"]
 
 # Amaranth's Verilog has implicit width extensions and unused bits everywhere;
 # those are warnings in Verilator, not errors (see docs/verification.md).
-VERILATOR_BUILD_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3")
+# cocotb's runner passes ``--public-flat-rw``, which makes every signal of every module
+# visible to VPI and keeps Verilator from optimising any of them away; the testbenches
+# only touch the top module's ports, so ``--no-public-flat-rw --public-depth 1`` takes it
+# back (the UART LinkedCore model then builds in about a third of the time and runs faster).
+VERILATOR_BUILD_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3",
+                        "--no-public-flat-rw", "--public-depth", "1")
 TIMESCALE = ("1ns", "1ps")
 
 
@@ -133,7 +138,7 @@ def run_cocotb(component, *, name, test_module, testcase=None, extra_env=None,
     """
     sim = simulator_name()
     waves = _waves_enabled()
-    verilog_text = component_to_verilog(component, name)
+    verilog_text = component_to_verilog(component, name, for_simulation=True)
     key_material = json.dumps({
         "verilog": verilog_text,
         "simulator": sim,

@@ -35,6 +35,8 @@ from .verilog import component_to_verilog
 __all__ = ["CoreConfig", "PRESETS", "build_core_model"]
 
 HARNESS = Path(__file__).resolve().parent / "core_harness" / "harness.cpp"
+#: How the Verilog is written (sim/verilog.py): part of the cache key.
+VERILOG_BACKEND = Path(__file__).resolve().parent / "verilog.py"
 #: Verilator's options. ``--inline-mult 1`` keeps the shared PE module a module (inlining
 #: it builds slower and runs no faster); ``--x-assign/--x-initial fast`` (Amaranth's
 #: Verilog initialises every register anyway).
@@ -81,12 +83,15 @@ PRESETS = {
 }
 
 
-def _rtl_digest():
-    """A hash of every source the core's Verilog is generated from (the ``rtl`` package and
-    the Amaranth version): the cache key, so a cached model is found without elaborating."""
+def rtl_digest():
+    """A hash of every source the core's Verilog is generated from (the ``rtl`` package but
+    its board tops, which no core imports, and the Amaranth version): the cache key, so a
+    cached model is found without elaborating."""
     digest = hashlib.sha256(metadata.version("amaranth").encode())
     root = Path(__file__).resolve().parent.parent / "rtl"
     for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] == "boards":
+            continue
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
@@ -134,7 +139,7 @@ def sim_wrapper(core_verilog, name="core_sim", core_name="core"):
 
 
 @cache
-def _compiler_version():
+def compiler_version():
     """The first line of the C++ compiler's ``--version`` (the one Verilator's make uses)."""
     try:
         out = subprocess.run([os.environ.get("CXX", "c++"), "--version"], capture_output=True,
@@ -147,10 +152,11 @@ def _compiler_version():
 def build_core_model(config=CoreConfig(), *, progress=None):
     """The path of the harness executable for ``config``, building it if needed."""
     key_material = json.dumps({
-        "rtl": _rtl_digest(), "config": dataclasses.asdict(config),
+        "rtl": rtl_digest(), "config": dataclasses.asdict(config),
         "harness": HARNESS.read_text(), "wrapper": inspect.getsource(sim_wrapper),
+        "verilog_backend": VERILOG_BACKEND.read_text(),
         "direct_inputs": DIRECT_INPUTS, "verilator": verilator_version(),
-        "compiler": _compiler_version(), "args": VERILATOR_ARGS, "make": MAKE_ARGS,
+        "compiler": compiler_version(), "args": VERILATOR_ARGS, "make": MAKE_ARGS,
     }, sort_keys=True)
     key = hashlib.sha256(key_material.encode()).hexdigest()[:16]
     build_dir = build_root() / "sim" / f"core-{key}"
@@ -164,7 +170,7 @@ def build_core_model(config=CoreConfig(), *, progress=None):
                 if build_dir.exists():
                     shutil.rmtree(build_dir)
                 build_dir.mkdir(parents=True)
-                core_verilog = component_to_verilog(config.core(), "core")
+                core_verilog = component_to_verilog(config.core(), "core", for_simulation=True)
                 (build_dir / "core.v").write_text(core_verilog + "\n" + sim_wrapper(core_verilog))
                 start = time.monotonic()
                 if progress:

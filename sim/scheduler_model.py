@@ -27,7 +27,7 @@ import time
 from functools import cache
 from pathlib import Path
 
-from .core_model import _compiler_version, _rtl_digest
+from .core_model import VERILOG_BACKEND, compiler_version, rtl_digest
 from .golden import scheduler as golden
 from .payload import fields_of, pack, payload_width
 from .toolchain import build_root, verilator_bin_dir, verilator_env, verilator_version
@@ -54,9 +54,10 @@ def build_scheduler_model(queue_depth, max_inflight, *, progress=None):
     """The path of the harness executable for ``Scheduler(queue_depth, max_inflight)``,
     building it if needed (once per design; cached on disk and in the process)."""
     key_material = json.dumps({
-        "rtl": _rtl_digest(), "queue_depth": queue_depth, "max_inflight": max_inflight,
-        "harness": HARNESS.read_text(), "verilator": verilator_version(),
-        "compiler": _compiler_version(), "args": VERILATOR_ARGS, "make": MAKE_ARGS,
+        "rtl": rtl_digest(), "queue_depth": queue_depth, "max_inflight": max_inflight,
+        "harness": HARNESS.read_text(), "verilog_backend": VERILOG_BACKEND.read_text(),
+        "verilator": verilator_version(),
+        "compiler": compiler_version(), "args": VERILATOR_ARGS, "make": MAKE_ARGS,
     }, sort_keys=True)
     key = hashlib.sha256(key_material.encode()).hexdigest()[:16]
     build_dir = build_root() / "sim" / f"scheduler-{key}"
@@ -72,7 +73,8 @@ def build_scheduler_model(queue_depth, max_inflight, *, progress=None):
                 build_dir.mkdir(parents=True)
                 from rtl.scheduler import Scheduler
                 (build_dir / "scheduler.v").write_text(component_to_verilog(
-                    Scheduler(queue_depth=queue_depth, max_inflight=max_inflight), "scheduler"))
+                    Scheduler(queue_depth=queue_depth, max_inflight=max_inflight), "scheduler",
+                    for_simulation=True))
                 start = time.monotonic()
                 if progress:
                     progress(f"building the scheduler model with Verilator in {build_dir}")
