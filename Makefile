@@ -1,6 +1,6 @@
 # Jalapeño: every target installs what it needs first (`make install`, a no-op once done).
 #
-#   make demo      all-MiniLM-L6-v2 sentence embeddings on the simulated 16 x 16 core
+#   make demo      all-MiniLM-L6-v2 sentence embeddings on the simulated 16 x 16 INT8 core
 #   make test      the whole suite (Amaranth-simulator tests and cocotb on Verilator)
 #   make sim       only the cocotb RTL tests
 #   make verilog   build/verilog/<unit>.v for every top-level unit

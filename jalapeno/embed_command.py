@@ -77,8 +77,9 @@ def add_embed_parser(sub):
                    help="quantized program (default: int8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--target", default="sim", help="where to run (only 'sim')")
-    p.add_argument("--core", default="full", choices=("full", "small"),
-                   help="core configuration of the simulation (default: full, 16 x 16)")
+    p.add_argument("--core", default="int8", choices=("int8", "full", "small"),
+                   help="core configuration of the simulation (default: int8, the 16 x 16 "
+                        "core without FP8 modes; full: with them; small: 4 x 4)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_embed)
     return p

@@ -73,10 +73,13 @@ class CoreConfig:
 
 
 #: Named configurations: ``full`` is the default 16 x 16 core (a first build takes 2 to 3
-#: minutes); ``small`` a 4 x 4 core that builds in about 30 s, for tests and quick tries
-#: (its LayerNorm takes MiniLM's rows of 384).
+#: minutes); ``int8`` the same without the FP8 modes (what the INT8 MiniLM program and
+#: the ULX3S build use: the same cycles, a model that simulates about twice as fast);
+#: ``small`` a 4 x 4 core that builds in about 30 s, for tests and quick tries (its
+#: LayerNorm takes MiniLM's rows of 384).
 PRESETS = {
     "full": CoreConfig(),
+    "int8": CoreConfig(fp8=False),
     "small": CoreConfig(lanes=4, inp_words=4096, wgt_words=4096, out_words=4096, max_rows=128,
                         dram_words=1 << 20, queue_depth=8, max_length=128, max_hidden=512,
                         sched_queue_depth=16),

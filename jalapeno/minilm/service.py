@@ -60,7 +60,7 @@ class EmbeddingStats:
         }
 
 
-def open_simulator(core="full", progress=None):
+def open_simulator(core="int8", progress=None):
     """A :class:`~jalapeno.sim_transport.SimTransport` on the core's Verilator model
     (built on first use, then cached) and its :class:`~jalapeno.accelerator.Accelerator`."""
     from sim.core_model import PRESETS
