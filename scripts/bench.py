@@ -136,7 +136,7 @@ def bench_minilm_accuracy(results):
 
 
 def bench_minilm_device(results):
-    """all-MiniLM-L6-v2 on the 16 x 16 core's RTL (the `make demo` sentences, batched by the
+    """all-MiniLM-L6-v2 on the 16 x 16 INT8 core's RTL (the `make demo` sentences, batched by the
     hardware scheduler): utilization from the cycle counters, bit-exact with the golden."""
     from jalapeno.minilm.quantize import load_or_build
     from jalapeno.minilm.service import embed_sentences, open_simulator
@@ -145,7 +145,7 @@ def bench_minilm_device(results):
     from sim.golden.minilm_quantized import embed_int8
 
     model = load_or_build("int8")
-    transport, accelerator = open_simulator("full", progress=print)
+    transport, accelerator = open_simulator("int8", progress=print)
     start = time.monotonic()
     with transport:
         embeddings, stats = embed_sentences(accelerator, model, SENTENCES)
@@ -162,6 +162,34 @@ def bench_minilm_device(results):
         "minilm.device_equals_golden": int(np.array_equal(embeddings, golden)),
         "minilm.sim_seconds": round(seconds, 1),
         "minilm.sim_cycles_per_second": round(s["cycles"] / seconds),
+    })
+
+
+def bench_minilm_serving(results):
+    """all-MiniLM-L6-v2 under load: the first 32 test sentences submitted at once (the
+    scheduler's queue depth) to the 16 x 16 core's RTL, batched by the hardware scheduler
+    into batches of up to 256 tokens: utilization with batching (the demo's 6 sentences
+    make one small batch)."""
+    from jalapeno.minilm import eval_sentences
+    from jalapeno.minilm.quantize import load_or_build
+    from jalapeno.minilm.service import embed_sentences, open_simulator
+    from jalapeno.minilm.tokenizer import encode
+    from sim.golden.minilm_quantized import embed_int8
+
+    sentences = eval_sentences()[:32]
+    model = load_or_build("int8")
+    transport, accelerator = open_simulator("int8", progress=print)
+    with transport:
+        embeddings, stats = embed_sentences(accelerator, model, sentences)
+    golden = embed_int8(model, encode(sentences))
+    s = stats.as_dict()
+    results.update({
+        "minilm.served.sentences": len(sentences),
+        "minilm.served.tokens": s["tokens"],
+        "minilm.served.batches": s["batches"],
+        "minilm.served.utilization": s["mac_utilization"],
+        "minilm.served.cycles_per_sentence": s["cycles_per_sentence"],
+        "minilm.served.device_equals_golden": int(np.array_equal(embeddings, golden)),
     })
 
 
@@ -183,7 +211,8 @@ def main(argv=None):
     results = json.loads(out.read_text()) if out.exists() else {}
     benches = (bench_unit_latency, bench_pysim_speed, bench_verilator_speed,
                bench_synthesis, bench_softmax, bench_layernorm, bench_scheduler, bench_matmul,
-               bench_core, bench_minilm_accuracy, bench_minilm_device, bench_fpga)
+               bench_core, bench_minilm_accuracy, bench_minilm_device, bench_minilm_serving,
+               bench_fpga)
     if args.only:
         known = {b.__name__.removeprefix("bench_"): b for b in benches}
         unknown = [name for name in args.only if name not in known]
