@@ -337,6 +337,82 @@ class Accelerator:
                             table=(TableTarget.ACTIVATION, table))
         return out.view(np.int8)[:, :n]
 
+    def activation_blocks(self, x, blocks):
+        """Several activation tables over blocks of ``x`` (M x N INT8) in one program.
+
+        ``blocks`` is a sequence of ``(row_start, row_stop, col_start, col_stop, table)``:
+        the codes of ``x[row_start:row_stop, col_start:col_stop]`` go through ``table``
+        (256 int8 values). Column bounds are multiples of the lanes (or N); the blocks must
+        not overlap and must cover ``x`` (no element is left unmapped). ``x`` loads once, in
+        row chunks; each block's table loads into one of two WGT slots while the previous
+        block computes, and each block's output stores while the next computes. Bit-exact
+        with :meth:`activation` on each block.
+        """
+        self._require("activation_blocks()", vector=True)
+        lanes = self.lanes
+        x = self._int8_matrix(x, "x")
+        m, n = x.shape
+        words = self._tiles(n)
+        covered = np.zeros((m, n), dtype=np.int64)
+        checked = []
+        for block in blocks:
+            r0, r1, c0, c1, table = block
+            r0, r1, c0, c1 = (int(v) for v in (r0, r1, c0, c1))
+            if not (0 <= r0 <= r1 <= m and 0 <= c0 <= c1 <= n):
+                raise ValueError(f"block rows {r0}:{r1}, columns {c0}:{c1} lie outside x "
+                                 f"({m} x {n})")
+            if c0 % lanes or (c1 % lanes and c1 != n):
+                raise ValueError(f"block columns {c0}:{c1} must start and end on a multiple "
+                                 f"of {lanes} (the lanes) or at N")
+            table = np.asarray(table, dtype=np.int64)
+            if table.shape != (256,) or table.min() < -128 or table.max() > 127:
+                raise ValueError("each activation table must hold 256 int8 values")
+            covered[r0:r1, c0:c1] += 1
+            if r1 > r0 and c1 > c0:
+                checked.append((r0, r1, c0 // lanes, self._tiles(c1) - c0 // lanes, table))
+        if covered.size and (covered.min() < 1 or covered.max() > 1):
+            raise ValueError("the blocks must cover x exactly once (no overlap, no gap)")
+        if m == 0 or n == 0:
+            return np.zeros((m, n), dtype=np.int8)
+        table_words = len(self._table_words(TableTarget.ACTIVATION, checked[0][4])) // lanes
+        if m * words > min(self.inp_words, self.out_words) or 2 * table_words > self.wgt_words:
+            raise ValueError(f"x ({m} x {n}) does not fit the on-chip buffers; use activation()")
+        # External memory: x, each block's table, the output (x's layout).
+        address = 0
+        x_base = address
+        address += self._write_words(x_base, self._padded(x.view(np.uint8), m, words * lanes, 0))
+        table_at = []
+        for *_, table in checked:
+            table_at.append(address)
+            address += self._write_words(address, self._table_words(TableTarget.ACTIVATION, table))
+        y_base = address
+        program = Program()
+        chunk = max(1, self.ROWWISE_CHUNK_WORDS // words)
+        loads = []                      # (first row, last row + 1, instruction)
+        for c0 in range(0, m, chunk):
+            rows = min(chunk, m - c0)
+            loads.append((c0, c0 + rows, program.load(
+                bank=Bank.INP, sram_base=c0 * words, sram_stride=words, rows=rows, cols=words,
+                dram_base=x_base + c0 * words, dram_stride=words)))
+        last_table = [None, None]
+        for b, ((r0, r1, w0, nw, _), t_base) in enumerate(zip(checked, table_at)):
+            slot = b % 2
+            t_load = program.load(deps=[last_table[slot]], bank=Bank.WGT,
+                                  sram_base=slot * table_words, sram_stride=0, rows=1,
+                                  cols=table_words, dram_base=t_base, dram_stride=0)
+            last_table[slot] = program.table(deps=[t_load], target=TableTarget.ACTIVATION,
+                                             base=slot * table_words, count=256)
+            deps = [ins for first, stop, ins in loads if first < r1 and stop > r0]
+            act = program.add(Opcode.ACTIVATION, deps, dst_bank=Bank.OUT, rows=r1 - r0,
+                              words=nw, src_base=r0 * words + w0, src_stride=words,
+                              dst_base=r0 * words + w0, dst_stride=words)
+            program.store(deps=[act], bank=Bank.OUT, sram_base=r0 * words + w0,
+                          sram_stride=words, rows=r1 - r0, cols=nw,
+                          dram_base=y_base + r0 * words + w0, dram_stride=words)
+        self.run(program)
+        data = self.transport.read_memory(y_base, m * words)
+        return np.frombuffer(data, dtype=np.int8).reshape(m, words * lanes)[:, :n].copy()
+
     def requantize(self, accumulators, *, bias, multiplier, shift, zero_point=0,
                    activation_table=None, out_bits=8, residual=None, residual_multiplier=None):
         """INT32 ``accumulators`` (M x N) requantized per column, like :meth:`linear` after its

@@ -231,6 +231,44 @@ def test_activation_every_code(accelerator):
     assert np.array_equal(accelerator.activation(x, table), golden_activation.apply(table, x.astype(np.int8)))
 
 
+def test_activation_blocks_in_one_program(accelerator):
+    """Eight blocks (four column groups x two row ranges), each its own table, in one
+    program: every element equals the golden table of its block; every code appears."""
+    rng = np.random.default_rng(12)
+    m, n = 23, 30                       # the last group ends at N = 30, off the lanes
+    x = rng.integers(-128, 128, (m, n))
+    x.flat[:256] = np.arange(-128, 128)
+    groups = [(0, 8), (8, 12), (12, 24), (24, 30)]
+    tables, blocks = {}, []
+    for g, (c0, c1) in enumerate(groups):
+        for r0, r1 in ((0, 5), (5, m)):
+            table = golden_activation.build_table(golden_activation.gelu, 0.02 + 0.01 * g,
+                                                  0.01 + 0.005 * (r0 > 0))
+            tables[(g, r0)] = table
+            blocks.append((r0, r1, c0, c1, table))
+    got = accelerator.activation_blocks(x, blocks)
+    expected = np.empty((m, n), dtype=np.int8)
+    for r0, r1, c0, c1, table in blocks:
+        expected[r0:r1, c0:c1] = golden_activation.apply(table, x[r0:r1, c0:c1].astype(np.int8))
+    assert np.array_equal(got, expected)
+    assert len({t.tobytes() for t in tables.values()}) == len(blocks)   # all tables differ
+
+
+def test_activation_blocks_reject_bad_blocks(accelerator):
+    table = golden_activation.build_table(golden_activation.gelu, 0.04, 0.02)
+    x = np.zeros((6, 12), dtype=np.int8)
+    with pytest.raises(ValueError, match="cover x exactly once"):
+        accelerator.activation_blocks(x, [(0, 6, 0, 8, table)])
+    with pytest.raises(ValueError, match="cover x exactly once"):
+        accelerator.activation_blocks(x, [(0, 6, 0, 12, table), (0, 1, 0, 4, table)])
+    with pytest.raises(ValueError, match="multiple of 4"):
+        accelerator.activation_blocks(x, [(0, 6, 0, 6, table), (0, 6, 6, 12, table)])
+    with pytest.raises(ValueError, match="outside x"):
+        accelerator.activation_blocks(x, [(0, 7, 0, 12, table)])
+    with pytest.raises(ValueError, match="256 int8 values"):
+        accelerator.activation_blocks(x, [(0, 6, 0, 12, np.zeros(10))])
+
+
 def test_requantize_standalone(accelerator):
     rng = np.random.default_rng(5)
     acc = rng.integers(-(1 << 31), 1 << 31, (19, 11))

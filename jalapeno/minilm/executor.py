@@ -27,7 +27,8 @@ AttnScores -> Requantize (per head) -> Softmax     ``attention_heads``: every se
 -> AttnContext -> Requantize (context)             in one program, S and P stay on chip
 Requantize / Requantize16 (+ residual)             ``requantize`` (``out_bits=16``, ``residual``)
 LayerNorm16                                        ``layernorm(..., in_bits=16)``
-Activation (column groups)                         ``activation`` per group (and row class)
+Activation (column groups)                         ``activation_blocks``: every group (and row
+                                                   class) with its table, one program
 HostEmbed, HostPool                                host
 =================================================  =============================================
 
@@ -346,10 +347,39 @@ class ProgramExecutor:
         ctx.tensors[op.out] = out
 
     def _activation(self, op, ctx):
+        """Every column group (and row class) with its own table, in one program per part of
+        the rows that fits on chip (``activation_blocks``; class-1 rows permuted first)."""
         if op.unsigned_input:
             raise NotImplementedError("activation on UINT8 inputs belongs to the E4M3 program")
+        acc = self.accelerator
         x = ctx.tensors[op.inp]
         tables = np.asarray(self.model.params[f"{op.params}.tables"])
+        by_class = tables.ndim == 3
+        if any(start % acc.lanes or (stop % acc.lanes and stop != x.shape[1])
+               for start, stop in op.groups):
+            return self._activation_per_group(op, ctx, x, tables)
+        order = (np.concatenate([np.flatnonzero(ctx.classes == 1), np.flatnonzero(ctx.classes != 1)])
+                 if by_class else np.arange(x.shape[0]))
+        ones = int(np.count_nonzero(ctx.classes == 1)) if by_class else 0
+        xp = x[order]
+        words = -(-x.shape[1] // acc.lanes)
+        part = max(1, min(acc.inp_words, acc.out_words) // words)
+        out = np.empty(x.shape, dtype=np.int64)
+        for p0 in range(0, xp.shape[0], part):
+            p1 = min(p0 + part, xp.shape[0])
+            spans = [(0, p1 - p0, 0)]           # (first row, stop, class) within the part
+            if by_class:
+                split = min(max(ones - p0, 0), p1 - p0)
+                spans = [(0, split, 1), (split, p1 - p0, 0)]
+            blocks = [(r0, r1, start, stop, tables[c, g] if by_class else tables[g])
+                      for g, (start, stop) in enumerate(op.groups)
+                      for r0, r1, c in spans if r1 > r0]
+            out[order[p0:p1]] = acc.activation_blocks(xp[p0:p1], blocks)
+            self._account(ctx)
+        ctx.tensors[op.out] = out
+
+    def _activation_per_group(self, op, ctx, x, tables):
+        """Groups whose columns do not start on a word: one ``activation`` per group and class."""
         out = np.empty(x.shape, dtype=np.int64)
         for g, (start, stop) in enumerate(op.groups):
             if tables.ndim == 3:
