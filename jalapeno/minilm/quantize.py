@@ -4,15 +4,16 @@
 (``calibration.txt``) into a :class:`sim.golden.minilm_quantized.QuantizedMiniLM`: the op
 program (one hardware instruction per op) and every integer parameter it needs.
 Deterministic: the same weights, calibration sentences and options give the same bytes.
-``load_or_build()`` caches the result under ``build/minilm/`` (building takes a minute,
-mostly GPTQ). The scheme and the measured effect of every decision are in docs/minilm.md.
+``load_or_build()`` caches the result under ``build/minilm/`` (building takes under a
+minute on one core, mostly the float calibration run and GPTQ). The scheme and the
+measured effect of every decision are in docs/minilm.md.
 
 INT8 scheme, per encoder layer (``T`` rows, hidden 384, 12 heads of 32, FFN 1536)::
 
     x_mm, x_res        two LayerNorm outputs of the previous layer (INT8): x_mm feeds the
                        QKV GEMM (SmoothQuant factors folded into gamma/beta and into W's
-                       rows; a separate scale for [CLS] rows), x_res is the residual
-                       (per-channel scales chosen to fit the residual pass, below)
+                       rows; a separate scale and offset for [CLS] rows), x_res is the
+                       residual (per-channel scales chosen to fit the residual pass, below)
     qkv_acc = x_mm @ Wqkv                       MatMul INT8            T x 1152
     qkv     = requant(qkv_acc)                  Q, K per tensor; V per channel
     s_acc   = Q_h @ K_h^T                       AttnScores INT8       12 x T x T
@@ -26,9 +27,20 @@ INT8 scheme, per encoder layer (``T`` rows, hidden 384, 12 heads of 32, FFN 1536
     u_acc   = h_mm @ W1                         MatMul INT8            T x 1536
     u       = requant(u_acc)                    per group of channels, asymmetric
     g       = gelu_table_group(u)               Activation, one table per channel group
-    r2_acc  = g @ W2                            MatMul INT8
+    r2_acc  = g @ W2 (+ passes over the outlier columns)   MatMul INT8
     r2      = requant16(r2_acc + h_res * d)
     x_mm, x_res (next layer) = LayerNorm16(r2)
+
+**Offsets** (scheme version 2). Every LayerNorm output is quantized centered: per row
+class, an offset per channel is subtracted through the LayerNorm's beta and added back
+exactly through the consumer's bias (``offset @ W`` for a GEMM, ``offset`` for the residual
+requantizer): class 0 (token rows) on the midpoint of each channel's calibrated range,
+class 1 ([CLS]) on the calibration mean of the [CLS] rows, which BERT makes almost the same
+vector for every sentence. V is centered on the [CLS] rows' mean V (added back by the
+context requantizer's bias, since a row of P sums to 1), the context has per-channel zero
+points (they leave through r1's bias). The FFN channels that fire only for [CLS] (1 or 2
+per layer in layers 0-3) get a GELU group of their own, and their W2 rows a wider code
+range as repeated passes of the same GEMM over those columns (:func:`_split_codes`).
 
 **Residual.** The residual copy's per-channel scale is *defined* as ``d_j * u_j``, where
 ``u_j`` is the accumulator's scale of output channel j and ``d_j`` an integer, so
@@ -70,26 +82,40 @@ __all__ = ["INT8_OPTIONS", "E4M3_OPTIONS", "PLAIN_INT8", "VERSION", "collect_cal
 
 
 #: Bumped whenever the scheme changes, so that cached builds are not reused.
-VERSION = 1
+VERSION = 2
 
 INT8_OPTIONS = {
     "alpha": 0.5,            # SmoothQuant migration strength (x_mm, h_mm, ctx)
-    "gelu_groups": 8,        # FFN channel groups, one GELU table each
+    "gelu_groups": 16,       # FFN channel groups, one GELU table each
     "gelu_in_clip": 6.0,     # GELU input range starts at max(min, -clip): gelu(-6) ~ 0
+    "gelu_sort_hi": False,   # sort the FFN channels by their largest input (else largest |input|)
+    "gelu_outlier": 2.5,     # FFN channels above 2.5 x the 99th percentile: a group of their own
+    "w2_max_passes": 16,     # W2 rows of that group: up to this many passes (127 x passes codes)
     "gptq": True,            # GPTQ rounding (else round to nearest)
     "gptq_damp": 0.1,        # relative Hessian damping
     "head_act": 1.0,         # headroom on per-tensor activation maxima
-    "head_channel": 1.25,    # headroom on per-channel maxima (V, residual copies, output)
+    "head_channel": 1.25,    # headroom on per-channel maxima (residual copies, output)
     "head_ln16": 1.5,        # headroom on the INT16 LayerNorm inputs
+    "head_v": 1.25,          # headroom on V's per-channel maxima
     "cls_class": True,       # separate scales for [CLS] rows where it is free
+    "cls_center": True,      # [CLS] rows centered on their calibration mean (offset in the bias)
+    "cls_center_res": True,  # the same for the residual copies (offset in the residual requantizer)
+    "head_cls": 2.0,         # headroom on the centered [CLS] rows' deviations
+    "cls_beta_codes": 1500,  # |beta - offset| / scale at most this (the beta field: < 2047)
     "smooth": True,          # SmoothQuant factors (False: plain per-tensor activations)
     "v_per_channel": True,   # V scale per channel (False: per tensor)
+    "v_center": True,        # V centered on the [CLS] rows' mean (added back after P V)
+    "act_center": True,      # LayerNorm outputs and the context: per-channel offsets (asymmetric)
+    "smooth_centered": False,  # SmoothQuant from the centered token ranges (else from max |x|)
+    "ln16_class": False,     # INT16 LayerNorm inputs: a scale per row class
 }
 
 #: The plain baseline of docs/minilm.md: per-tensor activations, per-channel weights rounded
 #: to nearest, one GELU table, no [CLS] scales (the INT16 LayerNorm inputs and the exact
 #: residual stay: without them the result is meaningless, see the docs).
-PLAIN_INT8 = {"alpha": 0.5, "gelu_groups": 1, "gptq": False, "cls_class": False, "smooth": False,
+PLAIN_INT8 = {"alpha": 0.5, "gelu_groups": 1, "gelu_outlier": None, "cls_center": False,
+              "cls_center_res": False, "v_center": False, "act_center": False, "ln16_class": False,
+              "gptq": False, "cls_class": False, "smooth": False,
               "v_per_channel": False}
 
 E4M3_OPTIONS = {
@@ -153,12 +179,13 @@ def collect_calibration(weights, sentences=None):
 
 # --------------------------------------------------------------------------- GPTQ
 
-def gptq(w, x, quantize_row, damp=0.1, row_weights=None, block=128):
+def gptq(w, x, quantize_row, damp=0.1, row_weights=None, block=128, row_args=None):
     """GPTQ (Frantar et al. 2022) for ``y = x @ w`` (w: K x N): rounds the K input rows of
     ``w`` one at a time, in order of decreasing activation energy, spreading each row's
     rounding error over the rows not yet rounded through the inverse Hessian
     ``(x^T diag(row_weights) x + damp * mean(diag) * I)^-1``. ``quantize_row`` maps a float
-    row (N,) to its quantized float values. Returns the quantized K x N float matrix.
+    row (N,) to its quantized float values (``quantize_row(row, row_args[k])`` if
+    ``row_args`` is given, one entry per input row k). Returns the quantized K x N float matrix.
     Deterministic (no randomness; ties in the order are broken by index)."""
     w = np.array(w, dtype=np.float64)
     k = w.shape[0]
@@ -170,6 +197,7 @@ def gptq(w, x, quantize_row, damp=0.1, row_weights=None, block=128):
     hessian += damp * np.mean(np.diag(hessian)) * np.eye(k)
     order = np.argsort(-np.diag(hessian), kind="stable")
     w = w[order]
+    args = None if row_args is None else [row_args[i] for i in order]
     hessian = hessian[np.ix_(order, order)]
     hinv = np.linalg.cholesky(np.linalg.inv(hessian)).T  # upper triangular
     q = np.zeros_like(w)
@@ -179,7 +207,7 @@ def gptq(w, x, quantize_row, damp=0.1, row_weights=None, block=128):
         err = np.zeros_like(w1)
         h1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            q[i1 + i] = quantize_row(w1[i])
+            q[i1 + i] = quantize_row(w1[i]) if args is None else quantize_row(w1[i], args[i1 + i])
             e = (w1[i] - q[i1 + i]) / h1[i, i]
             w1[i + 1:] -= np.outer(h1[i, i + 1:], e)
             err[i] = e
@@ -189,20 +217,39 @@ def gptq(w, x, quantize_row, damp=0.1, row_weights=None, block=128):
     return out
 
 
-def _int8_weight_codes(w, x, options, row_weights=None):
-    """Per-output-channel symmetric INT8 codes and scales of w (K x N)."""
-    scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0
+def _int8_weight_codes(w, x, options, row_weights=None, row_limit=None):
+    """Per-output-channel symmetric INT8 codes and scales of w (K x N). ``row_limit`` (K,):
+    the largest code of each row (default 127; larger for rows that the GEMM repeats in
+    extra passes, see :func:`_split_codes`)."""
+    limit = np.full(w.shape[0], 127) if row_limit is None else np.asarray(row_limit)
+    scale = np.maximum((np.abs(w) / limit[:, None]).max(axis=0), 1e-12)
     if options["gptq"]:
-        quantized = gptq(w, x, lambda r: np.clip(np.rint(r / scale), -127, 127) * scale,
-                         options["gptq_damp"], row_weights)
+        quantized = gptq(w, x, lambda r, lim: np.clip(np.rint(r / scale), -lim, lim) * scale,
+                         options["gptq_damp"], row_weights, row_args=limit)
         codes = np.rint(quantized / scale)
     else:
-        codes = np.clip(np.rint(w / scale), -127, 127)
+        codes = np.clip(np.rint(w / scale), -limit[:, None], limit[:, None])
     return codes.astype(np.int64), scale
+
+
+def _split_codes(codes, parts):
+    """Integer codes (|c| <= 127 * parts) as ``parts`` INT8 matrices that sum to them
+    (Hermite: sum_i floor((c + i) / n) = c), each within +-127."""
+    return [np.floor_divide(codes + i, parts) for i in range(parts)]
 
 
 def _codes8(values):
     return (np.asarray(values, dtype=np.int64) & 0xFF).astype(np.uint8)
+
+
+def _smooth_range(cal, key, options):
+    """The activation statistic SmoothQuant balances: each channel's largest |x|, or with
+    ``smooth_centered`` the half-range of the token rows that is actually quantized
+    (``act_center``; the [CLS] rows are centered on their own)."""
+    if options["smooth_centered"] and options["act_center"]:
+        tok = cal.rows(key, "tok")
+        return (tok.max(axis=0) - tok.min(axis=0)) / 2
+    return cal.chmax(key)
 
 
 def _smooth(act_max, w_row_max, alpha, enabled=True):
@@ -222,15 +269,25 @@ def _layernorm_params(gamma, beta, input_scale, output_scale):
     return gq, bq, gf, eps
 
 
-def _layernorm_param_set(prefix, gamma, beta, input_scale, output_scales, params):
-    """Per row class (output_scales: 2 x N) or single (N,) parameter sets."""
+def _layernorm_param_set(prefix, gamma, beta, input_scale, output_scales, params, offsets=None):
+    """Per row class (output_scales: 2 x N) or single (N,) parameter sets. ``offsets``
+    (2 x N): per class, a value subtracted from the output before it is quantized (the
+    class-1 rows are centered; the consumer adds the offset back through its bias)."""
     output_scales = np.asarray(output_scales, dtype=np.float64)
+    input_scales = np.broadcast_to(np.asarray(input_scale, dtype=np.float64), (2,))
+    if output_scales.ndim == 1 and input_scales[0] != input_scales[1]:
+        output_scales = np.stack([output_scales, output_scales])
+    if offsets is not None and output_scales.ndim == 2 and input_scales[0] == input_scales[1] and \
+            np.array_equal(output_scales[0], output_scales[1]) and np.array_equal(offsets[0], offsets[1]):
+        output_scales, beta, offsets = output_scales[0], beta - offsets[0], None  # one set
     if output_scales.ndim == 1:
-        gq, bq, gf, eps = _layernorm_params(gamma, beta, input_scale, output_scales)
+        gq, bq, gf, eps = _layernorm_params(gamma, beta, input_scales[0], output_scales)
         params.update({f"{prefix}.gamma": gq, f"{prefix}.beta": bq,
                        f"{prefix}.gamma_frac": np.array([gf]), f"{prefix}.eps": np.array([eps])})
         return
-    sets = [_layernorm_params(gamma, beta, input_scale, s) for s in output_scales]
+    if offsets is None:
+        offsets = np.zeros_like(output_scales)
+    sets = [_layernorm_params(gamma, beta - o, i, s) for s, o, i in zip(output_scales, offsets, input_scales)]
     params.update({
         f"{prefix}.gamma": np.stack([s[0] for s in sets]),
         f"{prefix}.beta": np.stack([s[1] for s in sets]),
@@ -251,15 +308,87 @@ def _requant_params(prefix, real_scale, bias, zero_point, params):
     params[f"{prefix}.zero_point"] = np.broadcast_to(np.asarray(zero_point), real_scale.shape).astype(np.int64)
 
 
-def _class_scales(cal, key, smooth, options, head):
-    """Scales (2 x N) of a smoothed tensor: per row class c, ``c_max * smooth`` with c_max
-    from the class's largest |x / smooth| (row class 1 = [CLS]); (1, N) without classes."""
+def _tok_center(cal, key, options):
+    """Class-0 per-channel offsets: the midpoint of each channel's calibrated range over the
+    token rows if ``act_center`` (asymmetric ranges at the cost of a bias term), else 0."""
+    tok = cal.rows(key, "tok")
+    if not options["act_center"]:
+        return np.zeros(tok.shape[1])
+    return (tok.max(axis=0) + tok.min(axis=0)) / 2
+
+
+def _class_scales(cal, key, smooth, options, head, beta):
+    """Scales (2 x N) of a smoothed tensor and the class offsets (2 x N): per row class c,
+    ``c_max * smooth`` with c_max from the class's largest |x / smooth| (row class 1 =
+    [CLS]); without classes both rows are the same. The consumer GEMM's bias adds
+    ``offset @ W`` per class (exact). Class 0 (token rows) is centered per channel on its
+    range's midpoint with ``act_center``. With ``cls_center``, class 1 is centered: its
+    offset is the calibration mean of the [CLS] rows (BERT's [CLS] row is nearly the same
+    vector for every sentence), the scale covers the deviations from it (``head_cls``
+    headroom), at least what the LayerNorm's beta field needs (|beta - offset| / scale <
+    2047: ``cls_beta_codes``)."""
+    zero = np.zeros((2, smooth.shape[0]))
     if not options["cls_class"]:
         c = np.abs(cal.rows(key) / smooth).max() * head / 127.0
-        return np.stack([c * smooth, c * smooth])
-    tok = np.abs(cal.rows(key, "tok") / smooth).max() * head / 127.0
-    cls = np.abs(cal.rows(key, "cls") / smooth).max() * head / 127.0
-    return np.stack([tok * smooth, cls * smooth])
+        return np.stack([c * smooth, c * smooth]), zero
+    off0 = _tok_center(cal, key, options)
+    tok = np.abs((cal.rows(key, "tok") - off0) / smooth).max() * head / 127.0
+    rows = cal.rows(key, "cls")
+    if not options["cls_center"]:
+        cls = np.abs(rows / smooth).max() * head / 127.0
+        return np.stack([tok * smooth, cls * smooth]), np.stack([off0, np.zeros_like(off0)])
+    offset = rows.mean(axis=0)
+    cls = np.abs((rows - offset) / smooth).max() * options["head_cls"] / 127.0
+    cls = max(cls, np.abs((beta - offset) / smooth).max() / options["cls_beta_codes"])
+    return np.stack([tok * smooth, cls * smooth]), np.stack([off0, offset])
+
+
+def _residual_target(cal, key, options):
+    """The residual copy's wanted per-channel scale and its class offsets (2 x N): it must
+    hold every row, the token rows centered per channel if ``act_center`` and the [CLS]
+    rows centered on their mean if ``cls_center_res`` (the offsets go into the residual
+    requantizer's bias; with both classes' offsets equal, one parameter set)."""
+    head_c = options["head_channel"]
+    if not options["cls_class"]:
+        target = np.maximum(cal.chmax(key) * head_c, 0.02 * cal.tmax(key)) / 127
+        return target, np.zeros((2, target.shape[0]))
+    off0 = _tok_center(cal, key, options)
+    tok = cal.rows(key, "tok") - off0
+    cls = cal.rows(key, "cls")
+    if options["cls_center_res"]:
+        offset = cls.mean(axis=0)
+        chmax = np.maximum(np.abs(tok).max(axis=0) * head_c,
+                           np.abs(cls - offset).max(axis=0) * options["head_cls"])
+        floor = 0.02 * np.abs(tok).max() * head_c
+    else:                       # one parameter set: the [CLS] rows share the token rows' offset
+        offset = off0
+        top = np.maximum(np.abs(tok).max(axis=0), np.abs(cls - offset).max(axis=0))
+        chmax, floor = top * head_c, 0.02 * top.max()
+    target = np.maximum(chmax, floor) / 127
+    return target, np.stack([off0, offset])
+
+
+def _ln16_scales(cal, key, options):
+    """The INT16 LayerNorm input's scale per row class (2,): the [CLS] rows hold BERT's
+    outliers (r2 of layer 0 reaches 223 there, tokens stay within about +-10), and the
+    LayerNorm is scale invariant, so each class gets its own (only eps depends on it)."""
+    head = options["head_ln16"] / 32767
+    if options["cls_class"] and options["ln16_class"]:
+        return np.array([cal.tmax(key, "tok"), cal.tmax(key, "cls")]) * head
+    return np.full(2, cal.tmax(key) * head)
+
+
+def _one_set(real_scale, bias):
+    """Requantizer scales and biases (2 x N) by row class, as one set (N,) when both classes
+    are the same (one instruction instead of one per class)."""
+    if np.array_equal(real_scale[0], real_scale[1]) and np.array_equal(bias[0], bias[1]):
+        return real_scale[0], bias[0]
+    return real_scale, bias
+
+
+def _two(scale):
+    """The same per-channel scale for both row classes (2 x N)."""
+    return np.stack([scale, scale])
 
 
 def _residual_multiplier(prefix, target_scale, unit, params):
@@ -270,12 +399,22 @@ def _residual_multiplier(prefix, target_scale, unit, params):
     return d * unit, d
 
 
-def _gelu_groups(chmax, groups):
+def _gelu_groups(chmax, groups, outlier_ratio=None, hi=None):
     """Channel permutation sorting the FFN channels by calibrated range, and the (start, stop)
-    column range of each of ``groups`` equal-size groups."""
-    order = np.argsort(chmax, kind="stable")
-    bounds = np.linspace(0, len(chmax), groups + 1).round().astype(int)
-    return order, tuple((int(bounds[g]), int(bounds[g + 1])) for g in range(groups))
+    column range of each of ``groups`` groups: equal-size groups, except that the outlier
+    channels (largest positive input ``hi`` above ``outlier_ratio`` x its 99th percentile:
+    BERT's few FFN channels that fire for [CLS] only, 3-5x any other) get the last group
+    to themselves (then ``groups - 1`` equal groups hold the others)."""
+    n = len(chmax)
+    outliers = np.zeros(n, dtype=bool)
+    if outlier_ratio and hi is not None and groups > 1:
+        outliers = hi > outlier_ratio * np.percentile(hi, 99)
+    key = np.where(outliers, np.inf, chmax)
+    order = np.lexsort((hi if hi is not None else chmax, key))
+    n_out = int(outliers.sum())
+    normal = groups - (1 if n_out else 0)
+    bounds = list(np.linspace(0, n - n_out, normal + 1).round().astype(int)) + ([n] if n_out else [])
+    return order, tuple((int(bounds[g]), int(bounds[g + 1])) for g in range(len(bounds) - 1)), n_out
 
 
 # --------------------------------------------------------------------------- INT8
@@ -301,47 +440,70 @@ def build_int8(weights=None, calibration=None, **overrides):
         wqkv = np.concatenate([lw.wq, lw.wk, lw.wv], axis=1)
         bqkv = np.concatenate([lw.bq, lw.bk, lw.bv])
         x = cal.rows(f"{L}.x")
-        sx = _smooth(cal.chmax(f"{L}.x"), np.abs(wqkv).max(axis=1), alpha, options["smooth"])
-        x_mm_scale = _class_scales(cal, f"{L}.x", sx, options, options["head_act"])
+        sx = _smooth(_smooth_range(cal, f"{L}.x", options), np.abs(wqkv).max(axis=1), alpha,
+                     options["smooth"])
+        beta_x = w.emb_ln_beta if li == 0 else w.layers[li - 1].ln2_beta
+        x_mm_scale, x_mm_off = _class_scales(cal, f"{L}.x", sx, options, options["head_act"], beta_x)
         codes, s_w = _int8_weight_codes(wqkv * sx[:, None], x / sx, options, rw_attn)
         params[f"{L}.wqkv"] = _codes8(codes)
         unit = x_mm_scale[:, :1] / sx[0] * s_w[None, :]         # 2 x 1152 accumulator scale
         s_q = cal.tmax(f"{L}.q") * options["head_act"] / 127
         s_k = cal.tmax(f"{L}.k") * options["head_act"] / 127
-        s_v = np.maximum(cal.chmax(f"{L}.v") * head_c, 0.05 * cal.tmax(f"{L}.v")) / 127
+        v_rows = cal.rows(f"{L}.v") - (cal.rows(f"{L}.v", "cls").mean(axis=0) if options["v_center"] else 0)
+        s_v = np.maximum(np.abs(v_rows).max(axis=0) * options["head_v"], 0.05 * np.abs(v_rows).max()) / 127
         if not options["v_per_channel"]:
             s_v = np.full(HIDDEN, cal.tmax(f"{L}.v") * options["head_act"] / 127)
         out_scale = np.concatenate([np.full(HIDDEN, s_q), np.full(HIDDEN, s_k), s_v])
-        _requant_params(f"{L}.qkv", unit / out_scale, np.rint(bqkv / unit), 0, params)
-        plan["x_mm_scale"] = x_mm_scale
+        # V is centered on the [CLS] rows' mean value c (V_cls is nearly constant and small,
+        # while the sink heads copy it): V - c here, + c in the context requantizer (the
+        # probabilities of a row sum to 1)
+        v_off = cal.rows(f"{L}.v", "cls").mean(axis=0) if options["v_center"] else np.zeros(HIDDEN)
+        b_off = np.concatenate([np.zeros(2 * HIDDEN), v_off])
+        bias = np.rint((bqkv - b_off + x_mm_off @ wqkv) / unit)  # class 1: + offset @ W (exact)
+        _requant_params(f"{L}.qkv", unit / out_scale, bias, 0, params)
+        plan.update(x_mm_scale=x_mm_scale, x_mm_off=x_mm_off, sx=sx, s_wqkv=s_w, s_q=s_q, s_k=s_k, s_v=s_v)
 
         # ---- attention
         s_s = cal.scores_max(li) * options["head_act"] / 127
         _requant_params(f"{L}.scores", s_q * s_k / math.sqrt(HEAD_DIM) / s_s, np.zeros(HEADS), 0, params)
         params[f"{L}.softmax.table"] = np.stack([softmax_golden.exp_table(s) for s in s_s])
         ctx = cal.rows(f"{L}.ctx")
-        sc = _smooth(cal.chmax(f"{L}.ctx"), np.abs(lw.wo).max(axis=1), alpha, options["smooth"])
-        c_ctx = np.abs(ctx / sc).max() * options["head_act"] / 127
-        s_ctx = c_ctx * sc
-        _requant_params(f"{L}.ctx", s_v / 256.0 / s_ctx, np.zeros(HIDDEN), 0, params)
+        sc = _smooth(_smooth_range(cal, f"{L}.ctx", options), np.abs(lw.wo).max(axis=1), alpha,
+                     options["smooth"])
+        if options["act_center"]:   # per-channel zero points (their sum goes into r1's bias)
+            mid = (ctx.max(axis=0) + ctx.min(axis=0)) / 2
+            c_ctx = np.abs((ctx - mid) / sc).max() * options["head_act"] / 127.5
+            c_ctx = max(c_ctx, np.abs(mid / sc).max() / 127)  # the zero points fit INT8
+            s_ctx = c_ctx * sc
+            zp_c = np.clip(np.rint(-mid / s_ctx), -128, 127).astype(np.int64)
+        else:
+            c_ctx = np.abs(ctx / sc).max() * options["head_act"] / 127
+            s_ctx = c_ctx * sc
+            zp_c = np.zeros(HIDDEN, dtype=np.int64)
+        _requant_params(f"{L}.ctx", s_v / 256.0 / s_ctx, np.rint(v_off / (s_v / 256.0)), zp_c, params)
+        plan.update(s_s=s_s, s_ctx=s_ctx, sc=sc, v_off=v_off, zp_c=zp_c)
 
         # ---- output projection + residual
         codes, s_wo = _int8_weight_codes(lw.wo * sc[:, None], ctx / sc, options, rw_attn)
         params[f"{L}.wo"] = _codes8(codes)
         unit_o = c_ctx * s_wo
-        target = np.maximum(cal.chmax(f"{L}.x") * head_c, 0.02 * cal.tmax(f"{L}.x")) / 127
+        target, x_res_off = _residual_target(cal, f"{L}.x", options)
         x_res_scale, d = _residual_multiplier(f"{L}.r1", target, unit_o, params)
-        s_r1 = cal.tmax(f"{L}.res1") * options["head_ln16"] / 32767
-        _requant_params(f"{L}.r1", unit_o / s_r1, np.rint(lw.bo / unit_o), 0, params)
-        plan.update(x_res_scale=x_res_scale, s_r1=s_r1)
+        s_r1 = _ln16_scales(cal, f"{L}.res1", options)
+        bias_r1 = np.rint((lw.bo + x_res_off) / unit_o) - zp_c @ codes
+        _requant_params(f"{L}.r1", *_one_set(unit_o[None, :] / s_r1[:, None], bias_r1), 0, params)
+        plan.update(x_res_scale=x_res_scale, x_res_off=x_res_off, s_r1=s_r1, s_wo=s_wo)
         info["residual_d"][f"{L}.attn"] = (int(d.min()), int(d.max()))
 
         # ---- FFN
         h = cal.rows(f"{L}.h")
-        sh = _smooth(cal.chmax(f"{L}.h"), np.abs(lw.w1).max(axis=1), alpha, options["smooth"])
-        h_mm_scale = _class_scales(cal, f"{L}.h", sh, options, options["head_act"])
+        sh = _smooth(_smooth_range(cal, f"{L}.h", options), np.abs(lw.w1).max(axis=1), alpha,
+                     options["smooth"])
+        h_mm_scale, h_mm_off = _class_scales(cal, f"{L}.h", sh, options, options["head_act"], lw.ln1_beta)
         u_all = cal.rows(f"{L}.ffn_in")
-        order, groups = _gelu_groups(np.abs(u_all).max(axis=0), options["gelu_groups"])
+        key = u_all.max(axis=0) if options["gelu_sort_hi"] else np.abs(u_all).max(axis=0)
+        order, groups, n_out = _gelu_groups(key, options["gelu_groups"], options["gelu_outlier"],
+                                            u_all.max(axis=0))
         w1 = (lw.w1 * sh[:, None])[:, order]
         codes, s_w1 = _int8_weight_codes(w1, h / sh, options, rw_ffn)
         params[f"{L}.w1"] = _codes8(codes)
@@ -365,17 +527,38 @@ def build_int8(weights=None, calibration=None, **overrides):
             s_u[start:stop], zp_u[start:stop], s_g[start:stop], zp_g[start:stop] = su, zu, sg, zg
             tables.append(activation_golden.build_table("gelu", su, sg, zu, zg))
         params[f"{L}.gelu.tables"] = np.stack(tables)
-        _requant_params(f"{L}.u", unit1 / s_u, np.rint(lw.b1[order] / unit1), zp_u, params)
+        bias1 = np.rint((lw.b1[order] + h_mm_off @ lw.w1[:, order]) / unit1)  # class 1: + offset @ W1
+        _requant_params(f"{L}.u", unit1 / s_u, bias1, zp_u, params)
         w2 = lw.w2[order] * s_g[:, None]
-        codes, s_w2 = _int8_weight_codes(w2, g / s_g, options, rw_ffn)
-        params[f"{L}.w2"] = _codes8(codes)
+        # the outlier group's rows of W2 (x its large GELU output scale) would set every
+        # column's weight scale: they get ``w2_passes`` x the code range, as that many
+        # passes over the same GELU columns (K grows by w2_passes - 1 rows per outlier)
+        passes = 1
+        if n_out:
+            normal_max = np.abs(w2[:FFN - n_out]).max(axis=0)
+            need = (np.abs(w2[FFN - n_out:]) / np.maximum(normal_max, 1e-12)).max()
+            passes = int(min(max(math.ceil(need - 1e-9), 1), options["w2_max_passes"]))
+        limit = np.full(FFN, 127)
+        limit[FFN - n_out:] = 127 * passes
+        codes, s_w2 = _int8_weight_codes(w2, g / s_g, options, rw_ffn, limit)
+        parts = _split_codes(codes[FFN - n_out:], passes)
+        head = codes.copy()
+        head[FFN - n_out:] = parts[0]
+        params[f"{L}.w2"] = _codes8(head)
+        w2_passes = (("g", f"{L}.w2"),)
+        for i in range(1, passes):
+            params[f"{L}.w2.x{i}"] = _codes8(parts[i])
+            w2_passes += (("g", f"{L}.w2.x{i}", (FFN - n_out, FFN)),)
+        info.setdefault("w2_passes", {})[L] = (n_out, passes)
         unit2 = s_w2
-        target = np.maximum(cal.chmax(f"{L}.h") * head_c, 0.02 * cal.tmax(f"{L}.h")) / 127
+        target, h_res_off = _residual_target(cal, f"{L}.h", options)
         h_res_scale, d = _residual_multiplier(f"{L}.r2", target, unit2, params)
-        bias2 = np.rint(lw.b2 / unit2) - zp_g @ codes
-        s_r2 = cal.tmax(f"{L}.res2") * options["head_ln16"] / 32767
-        _requant_params(f"{L}.r2", unit2 / s_r2, bias2, 0, params)
-        plan.update(h_mm_scale=h_mm_scale, h_res_scale=h_res_scale, s_r2=s_r2, groups=groups)
+        bias2 = np.rint((lw.b2 + h_res_off) / unit2) - zp_g @ codes
+        s_r2 = _ln16_scales(cal, f"{L}.res2", options)
+        _requant_params(f"{L}.r2", *_one_set(unit2[None, :] / s_r2[:, None], bias2), 0, params)
+        plan.update(h_mm_scale=h_mm_scale, h_mm_off=h_mm_off, h_res_off=h_res_off, h_res_scale=h_res_scale,
+                    s_r2=s_r2, groups=groups, sh=sh, w2_passes=w2_passes,
+                    order=order, s_w1=s_w1, s_u=s_u, zp_u=zp_u, s_g=s_g, zp_g=zp_g, s_w2=s_w2)
         info["residual_d"][f"{L}.ffn"] = (int(d.min()), int(d.max()))
         info["gelu_groups"][L] = [(a, b, float(s_u[a]), float(s_g[a])) for a, b in groups]
         layers.append(plan)
@@ -390,8 +573,10 @@ def build_int8(weights=None, calibration=None, **overrides):
     params["out.scale"] = s_out
 
     program = [mq.HostEmbed("e16", note="host: word + position + type, INT16")]
-    _layernorm_param_set("ln_emb.mm", w.emb_ln_gamma, w.emb_ln_beta, s_e, layers[0]["x_mm_scale"], params)
-    _layernorm_param_set("ln_emb.res", w.emb_ln_gamma, w.emb_ln_beta, s_e, layers[0]["x_res_scale"], params)
+    _layernorm_param_set("ln_emb.mm", w.emb_ln_gamma, w.emb_ln_beta, s_e, layers[0]["x_mm_scale"], params,
+                         layers[0]["x_mm_off"])
+    _layernorm_param_set("ln_emb.res", w.emb_ln_gamma, w.emb_ln_beta, s_e, _two(layers[0]["x_res_scale"]),
+                         params, layers[0]["x_res_off"])
     program += [mq.LayerNorm16("x_mm", "e16", "ln_emb.mm", note="embedding LayerNorm, GEMM copy"),
                 mq.LayerNorm16("x_res", "e16", "ln_emb.res", note="embedding LayerNorm, residual copy")]
     for li, (lw, plan) in enumerate(zip(w.layers, layers)):
@@ -412,22 +597,28 @@ def build_int8(weights=None, calibration=None, **overrides):
             mq.MatMul("u_acc", (("h_mm", f"{L}.w1"),), MatmulMode.INT8, li, "FFN up"),
             mq.Requantize("u", "u_acc", f"{L}.u", layer=li, note="GELU input, per channel group"),
             mq.Activation("g", "u", f"{L}.gelu", plan["groups"], layer=li, note="GELU, one table per group"),
-            mq.MatMul("r2_acc", (("g", f"{L}.w2"),), MatmulMode.INT8, li, "FFN down"),
+            mq.MatMul("r2_acc", plan["w2_passes"], MatmulMode.INT8, li,
+                      "FFN down (+ repeated passes over the outlier GELU channels)"),
             mq.Requantize16("r2", "r2_acc", f"{L}.r2", layer=li, residual="h_res",
                             note="+ bias + residual h_res * d, INT16 LayerNorm input"),
         ]
-        _layernorm_param_set(f"{L}.ln1.mm", lw.ln1_gamma, lw.ln1_beta, plan["s_r1"], plan["h_mm_scale"], params)
-        _layernorm_param_set(f"{L}.ln1.res", lw.ln1_gamma, lw.ln1_beta, plan["s_r1"], plan["h_res_scale"], params)
+        _layernorm_param_set(f"{L}.ln1.mm", lw.ln1_gamma, lw.ln1_beta, plan["s_r1"], plan["h_mm_scale"],
+                             params, plan["h_mm_off"])
+        _layernorm_param_set(f"{L}.ln1.res", lw.ln1_gamma, lw.ln1_beta, plan["s_r1"],
+                             _two(plan["h_res_scale"]), params, plan["h_res_off"])
         if li + 1 < len(layers):
             nxt = layers[li + 1]
-            _layernorm_param_set(f"{L}.ln2.mm", lw.ln2_gamma, lw.ln2_beta, plan["s_r2"], nxt["x_mm_scale"], params)
-            _layernorm_param_set(f"{L}.ln2.res", lw.ln2_gamma, lw.ln2_beta, plan["s_r2"], nxt["x_res_scale"], params)
+            _layernorm_param_set(f"{L}.ln2.mm", lw.ln2_gamma, lw.ln2_beta, plan["s_r2"], nxt["x_mm_scale"],
+                                 params, nxt["x_mm_off"])
+            _layernorm_param_set(f"{L}.ln2.res", lw.ln2_gamma, lw.ln2_beta, plan["s_r2"],
+                                 _two(nxt["x_res_scale"]), params, nxt["x_res_off"])
             program += [mq.LayerNorm16("x_mm", "r2", f"{L}.ln2.mm", li, "LayerNorm 2, GEMM copy"),
                         mq.LayerNorm16("x_res", "r2", f"{L}.ln2.res", li, "LayerNorm 2, residual copy")]
         else:
             _layernorm_param_set(f"{L}.ln2.out", lw.ln2_gamma, lw.ln2_beta, plan["s_r2"], s_out, params)
             program.append(mq.LayerNorm16("x_out", "r2", f"{L}.ln2.out", li, "LayerNorm 2, output"))
     program.append(mq.HostPool("x_out", "out", note="host: dequantize, mean over valid rows, L2"))
+    info["scales"] = {"layers": layers, "s_e": s_e, "s_out": s_out}
     return mq.QuantizedMiniLM("int8", tuple(program), params, HIDDEN, HEADS, info)
 
 
@@ -652,7 +843,7 @@ def build_e4m3(weights=None, calibration=None, **overrides):
         # ---- FFN
         h = cal.rows(f"{L}.h")
         u_all = cal.rows(f"{L}.ffn_in")
-        order, groups = _gelu_groups(np.abs(u_all).max(axis=0), options["gelu_groups"])
+        order, groups, _ = _gelu_groups(np.abs(u_all).max(axis=0), options["gelu_groups"])
         row_exp_h = (k_h + emax_h).astype(np.float64)
         w1 = lw.w1[:, order]
         kw1 = _pow2_exponent(np.abs(w1 * 2.0 ** row_exp_h[:, None]).max(), E4M3_MAX) - 1
