@@ -343,9 +343,10 @@ class Accelerator:
         ``blocks`` is a sequence of ``(row_start, row_stop, col_start, col_stop, table)``:
         the codes of ``x[row_start:row_stop, col_start:col_stop]`` go through ``table``
         (256 int8 values). Column bounds are multiples of the lanes (or N); the blocks must
-        not overlap and must cover ``x`` (no element is left unmapped). ``x`` loads once, in
-        row chunks; each block's table loads into one of two WGT slots while the previous
-        block computes, and each block's output stores while the next computes. Bit-exact
+        not overlap and must cover ``x`` (no element is left unmapped). ``x`` loads once, by
+        column range (the first block waits only for its columns); each block's table loads
+        into one of two WGT slots while the previous block computes, and each block's output
+        stores while the next computes. Bit-exact
         with :meth:`activation` on each block.
         """
         self._require("activation_blocks()", vector=True)
@@ -387,22 +388,36 @@ class Accelerator:
             address += self._write_words(address, self._table_words(TableTarget.ACTIVATION, table))
         y_base = address
         program = Program()
-        chunk = max(1, self.ROWWISE_CHUNK_WORDS // words)
-        loads = []                      # (first row, last row + 1, instruction)
-        for c0 in range(0, m, chunk):
-            rows = min(chunk, m - c0)
-            loads.append((c0, c0 + rows, program.load(
-                bank=Bank.INP, sram_base=c0 * words, sram_stride=words, rows=rows, cols=words,
-                dram_base=x_base + c0 * words, dram_stride=words)))
+        # x loads by column range, each just before the first block that uses it (all rows
+        # of the range in one LOAD; the load unit runs in order, so a range loaded earlier
+        # would delay the tables behind it); ranges that overlap without being equal make x
+        # load in row chunks, all first.
+        ranges = list(dict.fromkeys((w0, nw) for _, _, w0, nw, _ in checked))
+        disjoint = all(a == b or a[0] + a[1] <= b[0] or b[0] + b[1] <= a[0]
+                       for a in ranges for b in ranges)
+        loads = []                      # (rows, words, instruction)
+        if not disjoint:
+            chunk = max(1, self.ROWWISE_CHUNK_WORDS // words)
+            for c0 in range(0, m, chunk):
+                rows = min(chunk, m - c0)
+                loads.append(((c0, c0 + rows), (0, words), program.load(
+                    bank=Bank.INP, sram_base=c0 * words, sram_stride=words, rows=rows,
+                    cols=words, dram_base=x_base + c0 * words, dram_stride=words)))
         last_table = [None, None]
         for b, ((r0, r1, w0, nw, _), t_base) in enumerate(zip(checked, table_at)):
+            if disjoint and (w0, nw) in ranges:     # this range's first block: load it now
+                ranges.remove((w0, nw))
+                loads.append(((0, m), (w0, w0 + nw), program.load(
+                    bank=Bank.INP, sram_base=w0, sram_stride=words, rows=m, cols=nw,
+                    dram_base=x_base + w0, dram_stride=words)))
             slot = b % 2
             t_load = program.load(deps=[last_table[slot]], bank=Bank.WGT,
                                   sram_base=slot * table_words, sram_stride=0, rows=1,
                                   cols=table_words, dram_base=t_base, dram_stride=0)
             last_table[slot] = program.table(deps=[t_load], target=TableTarget.ACTIVATION,
                                              base=slot * table_words, count=256)
-            deps = [ins for first, stop, ins in loads if first < r1 and stop > r0]
+            deps = [ins for (a, b), (u, v), ins in loads
+                    if a < r1 and b > r0 and u < w0 + nw and v > w0]
             act = program.add(Opcode.ACTIVATION, deps, dst_bank=Bank.OUT, rows=r1 - r0,
                               words=nw, src_base=r0 * words + w0, src_stride=words,
                               dst_base=r0 * words + w0, dst_stride=words)

@@ -252,6 +252,13 @@ def test_activation_blocks_in_one_program(accelerator):
         expected[r0:r1, c0:c1] = golden_activation.apply(table, x[r0:r1, c0:c1].astype(np.int8))
     assert np.array_equal(got, expected)
     assert len({t.tobytes() for t in tables.values()}) == len(blocks)   # all tables differ
+    # Column ranges that overlap across row ranges (x then loads in row chunks).
+    a, b = tables[(0, 0)], tables[(1, 5)]
+    staggered = [(0, 5, 0, 8, a), (0, 5, 8, n, b), (5, m, 0, 4, b), (5, m, 4, n, a)]
+    expected = np.empty((m, n), dtype=np.int8)
+    for r0, r1, c0, c1, table in staggered:
+        expected[r0:r1, c0:c1] = golden_activation.apply(table, x[r0:r1, c0:c1].astype(np.int8))
+    assert np.array_equal(accelerator.activation_blocks(x, staggered), expected)
 
 
 def test_activation_blocks_reject_bad_blocks(accelerator):
