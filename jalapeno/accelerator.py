@@ -342,11 +342,13 @@ class Accelerator:
 
         ``blocks`` is a sequence of ``(row_start, row_stop, col_start, col_stop, table)``:
         the codes of ``x[row_start:row_stop, col_start:col_stop]`` go through ``table``
-        (256 int8 values). Column bounds are multiples of the lanes (or N); the blocks must
-        not overlap and must cover ``x`` (no element is left unmapped). ``x`` loads once, by
-        column range (the first block waits only for its columns); each block's table loads
-        into one of two WGT slots while the previous block computes, and each block's output
-        stores while the next computes. Bit-exact
+        (256 int8 values). The blocks must not overlap and must cover ``x`` (no element is
+        left unmapped); their columns may start and end anywhere. Each block runs over the
+        whole words its columns touch and writes its own OUT region (a word shared by two
+        blocks goes through both tables), so every element comes from the table of its
+        block. ``x`` loads once, word range by word range just before the first block that
+        needs it; each block's table loads into one of two WGT slots while the previous
+        block computes, and each block's output stores while the next computes. Bit-exact
         with :meth:`activation` on each block.
         """
         self._require("activation_blocks()", vector=True)
@@ -362,23 +364,24 @@ class Accelerator:
             if not (0 <= r0 <= r1 <= m and 0 <= c0 <= c1 <= n):
                 raise ValueError(f"block rows {r0}:{r1}, columns {c0}:{c1} lie outside x "
                                  f"({m} x {n})")
-            if c0 % lanes or (c1 % lanes and c1 != n):
-                raise ValueError(f"block columns {c0}:{c1} must start and end on a multiple "
-                                 f"of {lanes} (the lanes) or at N")
             table = np.asarray(table, dtype=np.int64)
             if table.shape != (256,) or table.min() < -128 or table.max() > 127:
                 raise ValueError("each activation table must hold 256 int8 values")
             covered[r0:r1, c0:c1] += 1
             if r1 > r0 and c1 > c0:
-                checked.append((r0, r1, c0 // lanes, self._tiles(c1) - c0 // lanes, table))
+                checked.append((r0, r1, c0, c1, table))
         if covered.size and (covered.min() < 1 or covered.max() > 1):
             raise ValueError("the blocks must cover x exactly once (no overlap, no gap)")
         if m == 0 or n == 0:
             return np.zeros((m, n), dtype=np.int8)
         table_words = len(self._table_words(TableTarget.ACTIVATION, checked[0][4])) // lanes
-        if m * words > min(self.inp_words, self.out_words) or 2 * table_words > self.wgt_words:
-            raise ValueError(f"x ({m} x {n}) does not fit the on-chip buffers; use activation()")
-        # External memory: x, each block's table, the output (x's layout).
+        spans = [(c0 // lanes, self._tiles(c1) - c0 // lanes) for _, _, c0, c1, _ in checked]
+        out_needed = sum((r1 - r0) * nw for (r0, r1, *_), (_, nw) in zip(checked, spans))
+        if (m * words > self.inp_words or out_needed > self.out_words
+                or 2 * table_words > self.wgt_words):
+            raise ValueError(f"x ({m} x {n}) and its blocks do not fit the on-chip buffers; "
+                             "split the rows")
+        # External memory: x, each block's table, each block's output region.
         address = 0
         x_base = address
         address += self._write_words(x_base, self._padded(x.view(np.uint8), m, words * lanes, 0))
@@ -388,45 +391,50 @@ class Accelerator:
             address += self._write_words(address, self._table_words(TableTarget.ACTIVATION, table))
         y_base = address
         program = Program()
-        # x loads by column range, each just before the first block that uses it (all rows
-        # of the range in one LOAD; the load unit runs in order, so a range loaded earlier
-        # would delay the tables behind it); ranges that overlap without being equal make x
-        # load in row chunks, all first.
-        ranges = list(dict.fromkeys((w0, nw) for _, _, w0, nw, _ in checked))
-        disjoint = all(a == b or a[0] + a[1] <= b[0] or b[0] + b[1] <= a[0]
-                       for a in ranges for b in ranges)
-        loads = []                      # (rows, words, instruction)
-        if not disjoint:
-            chunk = max(1, self.ROWWISE_CHUNK_WORDS // words)
-            for c0 in range(0, m, chunk):
-                rows = min(chunk, m - c0)
-                loads.append(((c0, c0 + rows), (0, words), program.load(
-                    bank=Bank.INP, sram_base=c0 * words, sram_stride=words, rows=rows,
-                    cols=words, dram_base=x_base + c0 * words, dram_stride=words)))
+        loaded = np.zeros(words, dtype=bool)
+        loads = []                      # (first word, stop word, instruction): all rows
         last_table = [None, None]
-        for b, ((r0, r1, w0, nw, _), t_base) in enumerate(zip(checked, table_at)):
-            if disjoint and (w0, nw) in ranges:     # this range's first block: load it now
-                ranges.remove((w0, nw))
-                loads.append(((0, m), (w0, w0 + nw), program.load(
-                    bank=Bank.INP, sram_base=w0, sram_stride=words, rows=m, cols=nw,
-                    dram_base=x_base + w0, dram_stride=words)))
+        out_at = 0
+        regions = []
+        for b, ((r0, r1, *_), (w0, nw), t_base) in enumerate(zip(checked, spans, table_at)):
+            # The words of this block no earlier block loaded, in runs, just before its
+            # table (the load unit runs in order: x loaded all at once would delay the
+            # tables behind it).
+            w = w0
+            while w < w0 + nw:
+                if loaded[w]:
+                    w += 1
+                    continue
+                stop = w
+                while stop < w0 + nw and not loaded[stop]:
+                    stop += 1
+                loaded[w:stop] = True
+                loads.append((w, stop, program.load(
+                    bank=Bank.INP, sram_base=w, sram_stride=words, rows=m, cols=stop - w,
+                    dram_base=x_base + w, dram_stride=words)))
+                w = stop
             slot = b % 2
             t_load = program.load(deps=[last_table[slot]], bank=Bank.WGT,
                                   sram_base=slot * table_words, sram_stride=0, rows=1,
                                   cols=table_words, dram_base=t_base, dram_stride=0)
             last_table[slot] = program.table(deps=[t_load], target=TableTarget.ACTIVATION,
                                              base=slot * table_words, count=256)
-            deps = [ins for (a, b), (u, v), ins in loads
-                    if a < r1 and b > r0 and u < w0 + nw and v > w0]
-            act = program.add(Opcode.ACTIVATION, deps, dst_bank=Bank.OUT, rows=r1 - r0,
-                              words=nw, src_base=r0 * words + w0, src_stride=words,
-                              dst_base=r0 * words + w0, dst_stride=words)
-            program.store(deps=[act], bank=Bank.OUT, sram_base=r0 * words + w0,
-                          sram_stride=words, rows=r1 - r0, cols=nw,
-                          dram_base=y_base + r0 * words + w0, dram_stride=words)
+            deps = [ins for u, v, ins in loads if u < w0 + nw and v > w0]
+            rows = r1 - r0
+            act = program.add(Opcode.ACTIVATION, deps, dst_bank=Bank.OUT, rows=rows, words=nw,
+                              src_base=r0 * words + w0, src_stride=words, dst_base=out_at,
+                              dst_stride=nw)
+            program.store(deps=[act], bank=Bank.OUT, sram_base=out_at, sram_stride=nw, rows=rows,
+                          cols=nw, dram_base=y_base + out_at, dram_stride=nw)
+            regions.append(out_at)
+            out_at += rows * nw
         self.run(program)
-        data = self.transport.read_memory(y_base, m * words)
-        return np.frombuffer(data, dtype=np.int8).reshape(m, words * lanes)[:, :n].copy()
+        data = np.frombuffer(self.transport.read_memory(y_base, out_at), dtype=np.int8)
+        out = np.empty((m, n), dtype=np.int8)
+        for (r0, r1, c0, c1, _), (w0, nw), at in zip(checked, spans, regions):
+            region = data[at * lanes:(at + (r1 - r0) * nw) * lanes].reshape(r1 - r0, nw * lanes)
+            out[r0:r1, c0:c1] = region[:, c0 - w0 * lanes:c1 - w0 * lanes]
+        return out
 
     def requantize(self, accumulators, *, bias, multiplier, shift, zero_point=0,
                    activation_table=None, out_bits=8, residual=None, residual_multiplier=None):

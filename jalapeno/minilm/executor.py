@@ -355,15 +355,14 @@ class ProgramExecutor:
         x = ctx.tensors[op.inp]
         tables = np.asarray(self.model.params[f"{op.params}.tables"])
         by_class = tables.ndim == 3
-        if any(start % acc.lanes or (stop % acc.lanes and stop != x.shape[1])
-               for start, stop in op.groups):
-            return self._activation_per_group(op, ctx, x, tables)
         order = (np.concatenate([np.flatnonzero(ctx.classes == 1), np.flatnonzero(ctx.classes != 1)])
                  if by_class else np.arange(x.shape[0]))
         ones = int(np.count_nonzero(ctx.classes == 1)) if by_class else 0
         xp = x[order]
         words = -(-x.shape[1] // acc.lanes)
-        part = max(1, min(acc.inp_words, acc.out_words) // words)
+        # rows per program: x fits INP; the blocks' outputs (a word shared by two groups
+        # is written by both) fit OUT
+        part = max(1, min(acc.inp_words // words, acc.out_words // (words + len(op.groups))))
         out = np.empty(x.shape, dtype=np.int64)
         for p0 in range(0, xp.shape[0], part):
             p1 = min(p0 + part, xp.shape[0])
@@ -376,21 +375,6 @@ class ProgramExecutor:
                       for r0, r1, c in spans if r1 > r0]
             out[order[p0:p1]] = acc.activation_blocks(xp[p0:p1], blocks)
             self._account(ctx)
-        ctx.tensors[op.out] = out
-
-    def _activation_per_group(self, op, ctx, x, tables):
-        """Groups whose columns do not start on a word: one ``activation`` per group and class."""
-        out = np.empty(x.shape, dtype=np.int64)
-        for g, (start, stop) in enumerate(op.groups):
-            if tables.ndim == 3:
-                def run(rows, c, g=g, start=start, stop=stop):
-                    out[rows, start:stop] = self.accelerator.activation(
-                        x[rows, start:stop], tables[c, g])
-                    self._account(ctx)
-                self._by_class(ctx, tables[:, g], run)
-            else:
-                out[:, start:stop] = self.accelerator.activation(x[:, start:stop], tables[g])
-                self._account(ctx)
         ctx.tensors[op.out] = out
 
     def _attention(self, step, ctx):
