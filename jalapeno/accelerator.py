@@ -269,13 +269,18 @@ class Accelerator:
                             op, table=(TableTarget.SOFTMAX, table))
         return out[:, :t]
 
-    def layernorm(self, x, gamma_q, beta_q, gamma_frac, eps_q, *, rms=False, in_bits=8):
+    def layernorm(self, x, gamma_q, beta_q, gamma_frac, eps_q, *, rms=False, in_bits=8,
+                  cls_rows=0, cls_gamma=None, cls_beta=None, cls_gamma_frac=None, cls_eps=None):
         """LayerNorm (or RMSNorm) of INT8 rows ``x`` (M x N, N a multiple of the lanes) with
         the integer parameters of :func:`sim.golden.layernorm.quantize_params` and
         :func:`~sim.golden.layernorm.quantize_eps`; bit-exact with
         :func:`sim.golden.layernorm.layernorm`. With ``in_bits=16`` the rows are INT16
         (-32768..32767; sent as 16-bit rows, the ``wide`` flag), bit-exact with
-        :func:`sim.golden.int16_ops.layernorm_int16`; the result is INT8 either way."""
+        :func:`sim.golden.int16_ops.layernorm_int16`; the result is INT8 either way.
+
+        Row classes: rows ``[0, cls_rows)`` use ``cls_gamma``, ``cls_beta`` (and
+        ``cls_gamma_frac``, ``cls_eps``, defaulting to the others), in the same program: both
+        parameter tables load, a TABLE switches to the class-0 one at the first class-0 row."""
         self._require("layernorm()", vector=True)
         from rtl.layernorm import BETA_BITS, EPS_BITS, GAMMA_BITS, GAMMA_FRAC_MAX
         if in_bits not in (8, 16):
@@ -302,6 +307,26 @@ class Accelerator:
             raise ValueError("gamma or beta does not fit its field")
         if not 0 <= gamma_frac <= GAMMA_FRAC_MAX or not 0 <= eps_q < 1 << EPS_BITS:
             raise ValueError("gamma_frac or eps out of range")
+        cls_rows, _ = self._class_rows(cls_rows, m)
+        cls_table = None
+        fields = {0: (int(gamma_frac), int(eps_q)), 1: (int(gamma_frac), int(eps_q))}
+        if cls_rows:
+            if cls_gamma is None or cls_beta is None:
+                raise ValueError(f"cls_rows = {cls_rows} needs cls_gamma and cls_beta")
+            cls_gamma = np.asarray(cls_gamma, dtype=np.int64)
+            cls_beta = np.asarray(cls_beta, dtype=np.int64)
+            if cls_gamma.shape != (n,) or cls_beta.shape != (n,):
+                raise ValueError(f"cls_gamma and cls_beta must have {n} values")
+            if (np.abs(cls_gamma).max() >= 1 << (GAMMA_BITS - 1)
+                    or np.abs(cls_beta).max() >= 1 << (BETA_BITS - 1)):
+                raise ValueError("cls_gamma or cls_beta does not fit its field")
+            g1 = int(gamma_frac if cls_gamma_frac is None else cls_gamma_frac)
+            e1 = int(eps_q if cls_eps is None else cls_eps)
+            if not 0 <= g1 <= GAMMA_FRAC_MAX or not 0 <= e1 < 1 << EPS_BITS:
+                raise ValueError("cls_gamma_frac or cls_eps out of range")
+            fields[1] = (g1, e1)
+            cls_table = np.empty(2 * n, dtype=np.int64)
+            cls_table[0::2], cls_table[1::2] = cls_gamma, cls_beta
         if m == 0:
             return np.zeros((0, n), dtype=np.int8)
         words = n // self.lanes
@@ -310,12 +335,13 @@ class Accelerator:
 
         in_words = 2 * words if wide else words
 
-        def op(program, deps, rows, row0, src, dst):
+        def op(program, deps, rows, row0, src, dst, cls=0):
+            g, e = fields[cls]
             return program.add(Opcode.LAYERNORM, deps, dst_bank=Bank.OUT, rows=rows, words=words,
                                src_base=src, src_stride=in_words, dst_base=dst, dst_stride=words,
-                               rms=int(bool(rms)), eps=int(eps_q), gamma_frac=int(gamma_frac),
-                               wide=int(wide))
-        out = self._rowwise(x.view(np.uint8), words, op, table=(TableTarget.LAYERNORM, params))
+                               rms=int(bool(rms)), eps=e, gamma_frac=g, wide=int(wide))
+        out = self._rowwise(x.view(np.uint8), words, op, table=(TableTarget.LAYERNORM, params),
+                            cls_rows=cls_rows, cls_table=cls_table)
         return out.view(np.int8)
 
     def activation(self, x, table):
@@ -437,9 +463,15 @@ class Accelerator:
         return out
 
     def requantize(self, accumulators, *, bias, multiplier, shift, zero_point=0,
-                   activation_table=None, out_bits=8, residual=None, residual_multiplier=None):
+                   activation_table=None, out_bits=8, residual=None, residual_multiplier=None,
+                   cls_rows=0, cls_bias=None, cls_multiplier=None, cls_shift=None,
+                   cls_zero_point=None):
         """INT32 ``accumulators`` (M x N) requantized per column, like :meth:`linear` after its
         product (and through ``activation_table`` if given, INT8 only).
+
+        Row classes, as in :meth:`linear`: rows ``[0, cls_rows)`` use the ``cls_*``
+        parameters (one program; the REQUANT instructions of those rows point at the second
+        parameter set).
 
         ``out_bits`` 8 gives int8 results (:func:`sim.golden.requantizer.requantize`), 16 gives
         int16 results (:func:`sim.golden.int16_ops.requantize_int16`; ``zero_point`` then
@@ -474,6 +506,17 @@ class Accelerator:
         extended = wide or d is not None
         params = self._params(n, bias, multiplier, shift, zero_point, zero_point_bits=out_bits,
                               residual_multiplier=d, extended=extended)
+        cls_rows, cls_params = self._class_rows(cls_rows, m)
+        if cls_rows:
+            missing = [name for name, value in (("cls_bias", cls_bias),
+                                                ("cls_multiplier", cls_multiplier),
+                                                ("cls_shift", cls_shift)) if value is None]
+            if missing:
+                raise ValueError(f"cls_rows = {cls_rows} needs {', '.join(missing)}")
+            cls_params = self._params(n, cls_bias, cls_multiplier, cls_shift,
+                                      0 if cls_zero_point is None else cls_zero_point,
+                                      zero_point_bits=out_bits, residual_multiplier=d,
+                                      extended=extended)
         if m == 0 or n == 0:
             return np.zeros((m, n), dtype=np.int16 if wide else np.int8)
         tiles = self._tiles(n)
@@ -489,7 +532,7 @@ class Accelerator:
         if d is not None:
             side = self._padded(res.view(np.uint8), m, tiles * self.lanes, 0)
 
-        def op(program, deps, rows, row0, src, dst, param_base, res_base=0):
+        def op(program, deps, rows, row0, src, dst, param_base, res_base=0, cls=None):
             return program.add(Opcode.REQUANT, deps, dst_bank=Bank.OUT, rows=rows, words=out_words,
                                src_base=src, src_stride=4 * tiles, dst_base=dst,
                                dst_stride=out_words, param_base=param_base,
@@ -498,7 +541,7 @@ class Accelerator:
                                res_stride=tiles if side is not None else 0)
         out = self._rowwise(words_in.view(np.uint8), out_words, op, params=params,
                             table=None if table is None else (TableTarget.ACTIVATION, table),
-                            side=side)
+                            side=side, cls_rows=cls_rows, cls_params=cls_params)
         if wide:
             return out.view("<i2")[:, :n].astype(np.int16)
         return out.view(np.int8)[:, :n]
@@ -645,6 +688,15 @@ class Accelerator:
 
     # -- Helpers --------------------------------------------------------------------------
 
+    @staticmethod
+    def _class_rows(cls_rows, m):
+        """``cls_rows`` checked against the M rows (and None for the class-1 parameters)."""
+        if isinstance(cls_rows, bool) or not isinstance(cls_rows, (int, np.integer)):
+            raise ValueError(f"cls_rows must be an integer, not {cls_rows!r}")
+        if not 0 <= cls_rows <= m:
+            raise ValueError(f"cls_rows must lie in 0..{m} (the rows), not {cls_rows}")
+        return int(cls_rows), None
+
     def _require(self, what, *, vector=False, requant=False):
         """A clear error for an op the core was built without (its CONFIG register)."""
         missing = []
@@ -673,24 +725,33 @@ class Accelerator:
         padded[:len(values)] = values
         return padded.view(np.uint8)
 
-    def _rowwise(self, rows_bytes, out_words, op, *, params=None, table=None, side=None):
+    def _rowwise(self, rows_bytes, out_words, op, *, params=None, table=None, side=None,
+                 cls_rows=0, cls_params=None, cls_table=None):
         """Run a row-wise op over ``rows_bytes`` (M x in_words words) in chunks: each chunk
         is loaded into one INP half, ``op`` writes it to one OUT half, a STORE takes it out;
         halves alternate so the next chunk loads while this one computes. Chunks are about
         :attr:`ROWWISE_CHUNK_WORDS` words (even when the whole input would fit), so
         loading, computing and storing overlap. ``side`` (M x
         side_words words, REQUANT's residual) goes the same way through two WGT halves after
-        the table and parameters; ``op`` then gets its chunk's base as ``res_base``."""
+        the table and parameters; ``op`` then gets its chunk's base as ``res_base``.
+
+        Row classes: rows ``[0, cls_rows)`` use ``cls_params`` (loaded after ``params``)
+        and ``cls_table`` (the class-0 table's entries; a TABLE instruction switches to the
+        class-0 table at the first class-0 row); ``op`` is called once per class within a
+        chunk and gets ``cls`` (1 or 0) when ``cls_rows`` is given."""
         lanes = self.lanes
         m = rows_bytes.shape[0]
         in_words = rows_bytes.shape[1] // lanes
         inp_half, out_half = self.inp_words // 2, self.out_words // 2
         chunk = min(m, inp_half // in_words, out_half // out_words,
                     max(1, self.ROWWISE_CHUNK_WORDS // max(in_words, out_words)))
+        classes = cls_rows > 0 and (cls_params is not None or cls_table is not None)
         if side is not None:
             side_words = side.shape[1] // lanes
             fixed = (-(-len(self._table_words(*table)) // lanes) if table is not None else 0)
+            fixed *= 2 if cls_table is not None else 1
             fixed += len(params) // lanes if params is not None else 0
+            fixed += len(cls_params) // lanes if cls_params is not None else 0
             side_half = (self.wgt_words - fixed) // 2
             chunk = min(chunk, max(side_half, 0) // side_words)
         if chunk == 0:
@@ -705,6 +766,8 @@ class Accelerator:
         if table is not None:
             target, entries = table
             words = self._table_words(target, entries)
+            if classes and cls_table is not None:      # class 1's table first, at WGT 0
+                words = np.concatenate([self._table_words(target, cls_table), words])
             t_base = address
             address += self._write_words(t_base, words)
             count = len(entries)
@@ -713,14 +776,20 @@ class Accelerator:
                                   dram_base=t_base, dram_stride=0)
             first_deps = [program.table(deps=[t_load], target=target, base=0, count=count)]
             w_used = n_words
+        cls_param_base = None
         if params is not None:
+            block = params
+            if classes and cls_params is not None:    # class 0's set, then class 1's
+                block = np.concatenate([params, cls_params])
             p_base = address
-            address += self._write_words(p_base, params)
+            address += self._write_words(p_base, block)
             param_base = w_used
+            if classes and cls_params is not None:
+                cls_param_base = param_base + len(params) // lanes
             p_load = program.load(bank=Bank.WGT, sram_base=param_base, sram_stride=0, rows=1,
-                                  cols=len(params) // lanes, dram_base=p_base, dram_stride=0)
+                                  cols=len(block) // lanes, dram_base=p_base, dram_stride=0)
             first_deps = first_deps + [p_load]
-            w_used += len(params) // lanes
+            w_used += len(block) // lanes
         if side is not None:
             s_base = address
             address += self._write_words(s_base, side)
@@ -742,11 +811,33 @@ class Accelerator:
                                          dram_base=s_base + r0 * side_words,
                                          dram_stride=side_words))
                 extra["res_base"] = res_base
-            if params is not None:
-                last_op[h] = op(program, deps, rows, r0, h * inp_half, h * out_half, param_base,
-                                **extra)
+            if not classes:
+                if params is not None:
+                    last_op[h] = op(program, deps, rows, r0, h * inp_half, h * out_half,
+                                    param_base, **extra)
+                else:
+                    last_op[h] = op(program, deps, rows, r0, h * inp_half, h * out_half)
             else:
-                last_op[h] = op(program, deps, rows, r0, h * inp_half, h * out_half)
+                # this chunk's class-1 rows, then its class-0 rows
+                for s, e, c in ((r0, min(r0 + rows, cls_rows), 1),
+                                (max(r0, cls_rows), r0 + rows, 0)):
+                    if e <= s:
+                        continue
+                    if c == 0 and s == cls_rows and table is not None and cls_table is not None:
+                        deps = deps + [program.table(target=target, base=n_words // 2,
+                                                     count=count)]
+                    k = s - r0
+                    sub = dict(extra)
+                    if side is not None:
+                        sub["res_base"] = extra["res_base"] + k * side_words
+                    args = (program, deps, e - s, s, h * inp_half + k * in_words,
+                            h * out_half + k * out_words)
+                    if params is not None:
+                        base = cls_param_base if c == 1 and cls_param_base is not None else param_base
+                        last_op[h] = op(*args, base, cls=c, **sub)
+                    else:
+                        last_op[h] = op(*args, cls=c, **sub)
+                    deps = []
             last_store[h] = program.store(deps=[last_op[h]], bank=Bank.OUT, sram_base=h * out_half,
                                           sram_stride=out_words, rows=rows, cols=out_words,
                                           dram_base=y_base + r0 * out_words, dram_stride=out_words)

@@ -366,6 +366,54 @@ def test_requantize_residual_in_many_chunks(accelerator):
     assert np.count_nonzero(got != expected["value"]) == 0
 
 
+@pytest.mark.parametrize("m, cls_rows, wide", [(300, 70, True), (40, 40, False), (9, 1, True)])
+def test_requantize_row_classes(accelerator, m, cls_rows, wide):
+    """Rows [0, cls_rows) with a second parameter set, in one program; 300 rows span several
+    chunks and the class boundary falls inside one (with the residual, INT16 out)."""
+    from sim.golden.int16_ops import requantize_residual_int16
+    rng = np.random.default_rng(m + cls_rows)
+    n, bits = 9, 16 if wide else 8
+    acc, residual, d, params = requant_case(rng, m, n, bits)
+    _, _, _, cls_params = requant_case(rng, m, n, bits)
+    expected = np.empty((m, n), dtype=np.int64)
+    for rows, p in ((slice(0, cls_rows), cls_params), (slice(cls_rows, m), params)):
+        expected[rows] = requantize_residual_int16(
+            acc[rows], residual[rows], d[None], *(p[k][None] for k in
+                                                 ("bias", "multiplier", "shift", "zero_point")),
+        )["value"]
+    if not wide:
+        expected = np.clip(expected, -128, 127)
+    got = accelerator.requantize(acc, out_bits=bits, residual=residual, residual_multiplier=d,
+                                 cls_rows=cls_rows, **params,
+                                 **{f"cls_{k}": v for k, v in cls_params.items()})
+    assert np.count_nonzero(got != expected) == 0
+    assert np.count_nonzero(expected[:cls_rows] != requantize_residual_int16(
+        acc[:cls_rows], residual[:cls_rows], d[None],
+        *(params[k][None] for k in ("bias", "multiplier", "shift", "zero_point")))["value"])
+
+
+def test_layernorm_row_classes(accelerator):
+    """INT16 LayerNorm, rows [0, 70) with their own gamma, beta, gamma_frac and eps, in one
+    program (a TABLE switches the parameters at row 70, inside the second chunk)."""
+    rng = np.random.default_rng(70)
+    m, n, cls_rows = 150, 16, 70
+    x = np.rint(rng.normal(0, rng.uniform(10, 8000, (m, 1)), (m, n))).clip(-32768, 32767)
+    x = x.astype(np.int16)
+    sets = []
+    for scale in (0.05, 0.5):
+        gamma_q, beta_q, gamma_frac = golden_layernorm.quantize_params(
+            rng.uniform(-2, 2, n), rng.uniform(-1, 1, n), scale)
+        sets.append((gamma_q, beta_q, gamma_frac,
+                     golden_layernorm.quantize_eps(1e-5, rng.uniform(0.001, 0.01), n)))
+    (g0, b0, f0, e0), (g1, b1, f1, e1) = sets
+    got = accelerator.layernorm(x, g0, b0, f0, e0, in_bits=16, cls_rows=cls_rows, cls_gamma=g1,
+                                cls_beta=b1, cls_gamma_frac=f1, cls_eps=e1)
+    expected = np.concatenate([layernorm_int16(x[:cls_rows], g1, b1, f1, e1),
+                               layernorm_int16(x[cls_rows:], g0, b0, f0, e0)])
+    assert np.count_nonzero(got != expected) == 0
+    assert np.count_nonzero(expected[:cls_rows] != layernorm_int16(x[:cls_rows], g0, b0, f0, e0))
+
+
 def test_requantize_host_validation(accelerator):
     acc = np.zeros((2, 3), int)
     ok = dict(bias=0, multiplier=1 << 30, shift=0)

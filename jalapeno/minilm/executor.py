@@ -257,17 +257,6 @@ class ProgramExecutor:
 
     # -- Device ops -----------------------------------------------------------------------
 
-    def _by_class(self, ctx, param, run):
-        """Call ``run(rows, class)`` once, or once per row class when ``param`` has two sets."""
-        param = np.asarray(param)
-        if param.ndim == 2 and param.shape[0] == 2:
-            for c in (0, 1):
-                rows = np.flatnonzero(ctx.classes == c)
-                if rows.size:
-                    run(rows, c)
-        else:
-            run(np.arange(len(ctx.classes)), None)
-
     def _matmul(self, op, ctx):
         a, w = self._operands(op, ctx)
         ctx.tensors[op.out] = self.accelerator.matmul(a, w, op.mode).astype(np.int64)
@@ -306,28 +295,41 @@ class ProgramExecutor:
         w = np.concatenate(w_parts, axis=0)
         return a, w
 
+    def _class_order(self, ctx):
+        """Row order with the class-1 rows first, and how many they are."""
+        ones = np.flatnonzero(ctx.classes == 1)
+        return np.concatenate([ones, np.flatnonzero(ctx.classes != 1)]), len(ones)
+
     def _requantize(self, op, ctx):
+        """One ``requantize``; with two parameter sets, the class-1 rows permuted first and
+        ``cls_rows`` (one program)."""
         params = self.model.params
         acc = ctx.tensors[op.inp]
         names = ("bias", "multiplier", "shift", "zero_point")
         p = {n: np.asarray(params[f"{op.params}.{n}"]) for n in names}
         wide = isinstance(op, mq.Requantize16)
         residual = ctx.tensors[op.residual] if wide and op.residual else None
+        kwargs = {"out_bits": 16} if wide else {}
+        if residual is not None:
+            kwargs["residual_multiplier"] = params[f"{op.params}.d"]
+        if p["bias"].ndim == 2 and p["bias"].shape[0] == 2:
+            order, ones = self._class_order(ctx)
+            kwargs.update({n: v[0] for n, v in p.items()})
+            kwargs.update({f"cls_{n}": v[1] for n, v in p.items()})
+            kwargs["cls_rows"] = ones
+        else:
+            order = np.arange(acc.shape[0])
+            kwargs.update(p)
+        if residual is not None:
+            kwargs["residual"] = residual[order]
         out = np.empty(acc.shape, dtype=np.int64)
-
-        def run(rows, c):
-            kwargs = {n: (v[c] if c is not None else v) for n, v in p.items()}
-            if wide:
-                kwargs["out_bits"] = 16
-            if residual is not None:
-                kwargs["residual"] = residual[rows]
-                kwargs["residual_multiplier"] = params[f"{op.params}.d"]
-            out[rows] = self.accelerator.requantize(acc[rows], **kwargs)
-            self._account(ctx)
-        self._by_class(ctx, p["bias"], run)
+        out[order] = self.accelerator.requantize(acc[order], **kwargs)
+        self._account(ctx)
         ctx.tensors[op.out] = out
 
     def _layernorm(self, op, ctx):
+        """One ``layernorm`` (INT16 input); with two parameter sets, the class-1 rows permuted
+        first and ``cls_rows`` (one program, a TABLE switching between the sets)."""
         params = self.model.params
         x = ctx.tensors[op.inp]
         gamma = np.asarray(params[f"{op.params}.gamma"])
@@ -335,15 +337,18 @@ class ProgramExecutor:
         gamma_frac = np.atleast_1d(params[f"{op.params}.gamma_frac"])
         eps = np.atleast_1d(params[f"{op.params}.eps"])
         out = np.empty(x.shape, dtype=np.int64)
-
-        def run(rows, c):
-            k = 0 if c is None else c
-            g = gamma if c is None else gamma[c]
-            b = beta if c is None else beta[c]
-            out[rows] = self.accelerator.layernorm(x[rows], g, b, int(gamma_frac[k]), int(eps[k]),
-                                                   in_bits=16)
-            self._account(ctx)
-        self._by_class(ctx, gamma, run)
+        if gamma.ndim == 2 and gamma.shape[0] == 2:
+            order, ones = self._class_order(ctx)
+            k1 = 1 if len(gamma_frac) > 1 else 0
+            k1e = 1 if len(eps) > 1 else 0
+            out[order] = self.accelerator.layernorm(
+                x[order], gamma[0], beta[0], int(gamma_frac[0]), int(eps[0]), in_bits=16,
+                cls_rows=ones, cls_gamma=gamma[1], cls_beta=beta[1],
+                cls_gamma_frac=int(gamma_frac[k1]), cls_eps=int(eps[k1e]))
+        else:
+            out[:] = self.accelerator.layernorm(x, gamma, beta, int(gamma_frac[0]), int(eps[0]),
+                                                in_bits=16)
+        self._account(ctx)
         ctx.tensors[op.out] = out
 
     def _activation(self, op, ctx):
