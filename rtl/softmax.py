@@ -36,8 +36,12 @@ EXP_BITS = 16
 RECIPROCAL_FRACTION = 16
 #: Rows in flight at once: each has a slot of the score buffer (ingest, sum, divide, emit).
 ROW_SLOTS = 4
-#: Cycles the divider holds a row: one to normalize the sum, one per quotient bit, one to hand off.
-DIVIDER_CYCLES = RECIPROCAL_FRACTION + 4
+#: Quotient bits the divider produces per cycle (two restoring steps in one cycle).
+QUOTIENT_BITS_PER_CYCLE = 2
+#: Cycles the divider holds a row: one to normalize the sum, one per two quotient bits (of
+#: RECIPROCAL_FRACTION + 2), one to hand off.
+DIVIDER_CYCLES = (RECIPROCAL_FRACTION + 2) // QUOTIENT_BITS_PER_CYCLE + 2
+assert (RECIPROCAL_FRACTION + 2) % QUOTIENT_BITS_PER_CYCLE == 0
 
 
 def table_entry_layout():
@@ -107,8 +111,8 @@ class Softmax(wiring.Component):
       unmasked lanes (T = ``ceil(count / lanes)`` cycles);
     - B reads the slot, looks ``m - x`` up in the table (one read port per lane)
       and sums exactly (T cycles, 2 more for the reads, 1 to hand off);
-    - D normalizes ``S`` and computes ``R`` by restoring division, one quotient bit
-      per cycle (:data:`DIVIDER_CYCLES` = 20 cycles);
+    - D normalizes ``S`` and computes ``R`` by restoring division, two quotient bits
+      per cycle (:data:`DIVIDER_CYCLES` = 11 cycles);
     - C reads the slot again, looks up the table again (a second read port per
       lane, so no buffer of exponentials is needed), multiplies by ``R``, rounds
       and clamps (T cycles, 4 pipeline registers to ``o``).
@@ -117,9 +121,9 @@ class Softmax(wiring.Component):
     between back-to-back rows of ``T >= 24`` transfers (tested; measured 1.0
     element per cycle on 512-element rows, ``docs/softmax.md``); rows shorter
     than that are limited by the divider to one row per :data:`DIVIDER_CYCLES`
-    (20) to 21 cycles.
+    (11) cycles.
     **Latency** (empty unit, no stalls) from the first input transfer of a row to
-    its first output: ``row_latency(count)`` = ``2 * T + 27`` cycles; :attr:`latency`
+    its first output: ``row_latency(count)`` = ``2 * T + 7 + DIVIDER_CYCLES`` (18) cycles; :attr:`latency`
     is that for a ``max_length`` row.
 
     Backpressure on ``o`` stops only stage C; A and B continue until their rows
@@ -175,7 +179,7 @@ class Softmax(wiring.Component):
     def row_latency(self, count):
         """Cycles from a row's first input transfer to its first output (empty unit, no stalls)."""
         transfers = max(1, -(-count // self._lanes))
-        return 2 * transfers + 27
+        return 2 * transfers + 7 + DIVIDER_CYCLES
 
     @property
     def latency(self):
@@ -380,7 +384,18 @@ class Softmax(wiring.Component):
         d_remainder = Signal(unsigned(W + 1))
         d_quotient = Signal(unsigned(F + 2))
         d_trial = Signal(unsigned(W + 2))
-        m.d.comb += d_trial.eq((d_remainder << 1) - d_divisor)
+        d_first_bit, d_second_bit = Signal(), Signal()
+        d_first_remainder = Signal(unsigned(W + 1))
+        d_second_trial = Signal(unsigned(W + 2))
+        d_second_remainder = Signal(unsigned(W + 1))
+        m.d.comb += [
+            d_trial.eq((d_remainder << 1) - d_divisor),
+            d_first_bit.eq(~d_trial[W + 1]),
+            d_first_remainder.eq(Mux(d_first_bit, d_trial, d_remainder << 1)),
+            d_second_trial.eq((d_first_remainder << 1) - d_divisor),
+            d_second_bit.eq(~d_second_trial[W + 1]),
+            d_second_remainder.eq(Mux(d_second_bit, d_second_trial, d_first_remainder << 1)),
+        ]
         with m.If(d_take):
             m.d.sync += [d_full.eq(1), d_tok.eq(t_tok), d_step.eq(0)]
         with m.Elif(c_take):
@@ -397,11 +412,10 @@ class Softmax(wiring.Component):
                     d_tok.shift.eq(d_bits + (F - 9)),
                     d_tok.zero.eq((d_tok.sum == 0) | d_tok.error),
                 ]
-            with m.Elif(d_step <= F + 2):
-                with m.If(~d_trial[W + 1]):  # 2 * remainder >= divisor
-                    m.d.sync += [d_remainder.eq(d_trial), d_quotient.eq(Cat(1, d_quotient))]
-                with m.Else():
-                    m.d.sync += [d_remainder.eq(d_remainder << 1), d_quotient.eq(Cat(0, d_quotient))]
+            with m.Elif(d_step <= (F + 2) // QUOTIENT_BITS_PER_CYCLE):
+                # two restoring steps: each bit is 1 iff 2 * remainder >= divisor
+                m.d.sync += [d_remainder.eq(d_second_remainder),
+                             d_quotient.eq(Cat(d_second_bit, d_first_bit, d_quotient))]
 
         # -- Stage C: exp again, times R, round, clamp, out --------------------------------------
         with m.If(c_issue):
