@@ -194,20 +194,8 @@ class Accelerator:
         x, w = self._check_operands(x_codes, w_codes, mode)
         n = w.shape[1]
         params = self._params(n, bias, multiplier, shift, zero_point)
-        if isinstance(cls_rows, bool) or not isinstance(cls_rows, (int, np.integer)):
-            raise ValueError(f"cls_rows must be an integer, not {cls_rows!r}")
-        cls_rows = int(cls_rows)
-        if not 0 <= cls_rows <= x.shape[0]:
-            raise ValueError(f"cls_rows must lie in 0..{x.shape[0]} (the rows of X), not {cls_rows}")
-        cls_params = None
-        if cls_rows:
-            missing = [name for name, value in (("cls_bias", cls_bias),
-                                                ("cls_multiplier", cls_multiplier),
-                                                ("cls_shift", cls_shift)) if value is None]
-            if missing:
-                raise ValueError(f"cls_rows = {cls_rows} needs {', '.join(missing)}")
-            cls_params = self._params(n, cls_bias, cls_multiplier, cls_shift,
-                                      0 if cls_zero_point is None else cls_zero_point)
+        cls_rows, cls_params = self._class_params(
+            n, cls_rows, x.shape[0], cls_bias, cls_multiplier, cls_shift, cls_zero_point)
         table = None
         if activation_table is not None:
             table = np.asarray(activation_table)
@@ -307,7 +295,7 @@ class Accelerator:
             raise ValueError("gamma or beta does not fit its field")
         if not 0 <= gamma_frac <= GAMMA_FRAC_MAX or not 0 <= eps_q < 1 << EPS_BITS:
             raise ValueError("gamma_frac or eps out of range")
-        cls_rows, _ = self._class_rows(cls_rows, m)
+        cls_rows = self._class_rows(cls_rows, m)
         cls_table = None
         fields = {0: (int(gamma_frac), int(eps_q)), 1: (int(gamma_frac), int(eps_q))}
         if cls_rows:
@@ -506,17 +494,9 @@ class Accelerator:
         extended = wide or d is not None
         params = self._params(n, bias, multiplier, shift, zero_point, zero_point_bits=out_bits,
                               residual_multiplier=d, extended=extended)
-        cls_rows, cls_params = self._class_rows(cls_rows, m)
-        if cls_rows:
-            missing = [name for name, value in (("cls_bias", cls_bias),
-                                                ("cls_multiplier", cls_multiplier),
-                                                ("cls_shift", cls_shift)) if value is None]
-            if missing:
-                raise ValueError(f"cls_rows = {cls_rows} needs {', '.join(missing)}")
-            cls_params = self._params(n, cls_bias, cls_multiplier, cls_shift,
-                                      0 if cls_zero_point is None else cls_zero_point,
-                                      zero_point_bits=out_bits, residual_multiplier=d,
-                                      extended=extended)
+        cls_rows, cls_params = self._class_params(
+            n, cls_rows, m, cls_bias, cls_multiplier, cls_shift, cls_zero_point,
+            zero_point_bits=out_bits, residual_multiplier=d, extended=extended)
         if m == 0 or n == 0:
             return np.zeros((m, n), dtype=np.int16 if wide else np.int8)
         tiles = self._tiles(n)
@@ -690,12 +670,25 @@ class Accelerator:
 
     @staticmethod
     def _class_rows(cls_rows, m):
-        """``cls_rows`` checked against the M rows (and None for the class-1 parameters)."""
+        """``cls_rows`` checked against the M rows."""
         if isinstance(cls_rows, bool) or not isinstance(cls_rows, (int, np.integer)):
             raise ValueError(f"cls_rows must be an integer, not {cls_rows!r}")
         if not 0 <= cls_rows <= m:
             raise ValueError(f"cls_rows must lie in 0..{m} (the rows), not {cls_rows}")
-        return int(cls_rows), None
+        return int(cls_rows)
+
+    def _class_params(self, n, cls_rows, m, bias, multiplier, shift, zero_point, **kwargs):
+        """``cls_rows`` checked, and the class-1 requantization parameters (:meth:`_params`
+        with ``kwargs``) when it is not 0 (None otherwise)."""
+        cls_rows = self._class_rows(cls_rows, m)
+        if not cls_rows:
+            return 0, None
+        missing = [name for name, value in (("cls_bias", bias), ("cls_multiplier", multiplier),
+                                            ("cls_shift", shift)) if value is None]
+        if missing:
+            raise ValueError(f"cls_rows = {cls_rows} needs {', '.join(missing)}")
+        return cls_rows, self._params(n, bias, multiplier, shift,
+                                      0 if zero_point is None else zero_point, **kwargs)
 
     def _require(self, what, *, vector=False, requant=False):
         """A clear error for an op the core was built without (its CONFIG register)."""
