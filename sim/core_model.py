@@ -14,21 +14,19 @@ model's C++ is compiled with ``-O2`` (:data:`MAKE_ARGS`) instead of Verilator's 
 """
 
 import dataclasses
-import fcntl
 import hashlib
 import inspect
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from .toolchain import build_root, verilator_bin_dir, verilator_env, verilator_version
+from .harness_build import build_harness
+from .toolchain import verilator_version
 from .verilog import component_to_verilog
 
 
@@ -161,45 +159,19 @@ def build_core_model(config=CoreConfig(), *, progress=None):
         "direct_inputs": DIRECT_INPUTS, "verilator": verilator_version(),
         "compiler": compiler_version(), "args": VERILATOR_ARGS, "make": MAKE_ARGS,
     }, sort_keys=True)
-    key = hashlib.sha256(key_material.encode()).hexdigest()[:16]
-    build_dir = build_root() / "sim" / f"core-{key}"
-    executable = build_dir / "obj" / "Vcore"
-    lock_path = build_root() / "sim" / f".core-{key}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not (build_dir / ".built").exists():
-                if build_dir.exists():
-                    shutil.rmtree(build_dir)
-                build_dir.mkdir(parents=True)
-                core_verilog = component_to_verilog(config.core(), "core", for_simulation=True)
-                (build_dir / "core.v").write_text(core_verilog + "\n" + sim_wrapper(core_verilog))
-                start = time.monotonic()
-                if progress:
-                    progress(f"building the core model ({config.lanes}x{config.lanes} array) "
-                             f"with Verilator in {build_dir} (once per design; 2 to 3 minutes "
-                             f"for a 16x16 array)")
-                command = [str(verilator_bin_dir() / "verilator"), "--cc", "--exe", "--build",
-                           "-j", "2", *VERILATOR_ARGS, "--top-module", "core_sim", "--prefix", "Vcore",
-                           *(arg for make_arg in MAKE_ARGS for arg in ("-MAKEFLAGS", make_arg)),
-                           "--Mdir", str(build_dir / "obj"), "-o", "Vcore",
-                           str(build_dir / "core.v"), str(HARNESS)]
-                result = subprocess.run(command, env=verilator_env(), cwd=build_dir,
-                                        capture_output=True, text=True)
-                (build_dir / "build.log").write_text(
-                    " ".join(command) + "\n" + result.stdout + result.stderr
-                    + f"\n(took {time.monotonic() - start:.0f} s)\n")
-                if result.returncode != 0 or not executable.exists():
-                    tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
-                    raise RuntimeError(f"Verilator build of the core failed "
-                                       f"(log: {build_dir / 'build.log'}):\n{tail}")
-                (build_dir / ".built").write_text(key_material)
-                if progress:
-                    progress(f"built the core model in {time.monotonic() - start:.0f} s")
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return executable
+
+    def write_verilog(build_dir):
+        core_verilog = component_to_verilog(config.core(), "core", for_simulation=True)
+        path = build_dir / "core.v"
+        path.write_text(core_verilog + "\n" + sim_wrapper(core_verilog))
+        return path
+
+    return build_harness("core", key_material, write_verilog, harness=HARNESS, top="core_sim",
+                         verilator_args=VERILATOR_ARGS, make_args=MAKE_ARGS, jobs=2,
+                         progress=progress,
+                         building=f"building the core model ({config.lanes}x{config.lanes} "
+                                  "array) with Verilator (once per design; about 2 minutes "
+                                  "for a 16x16 array)")
 
 
 if __name__ == "__main__":

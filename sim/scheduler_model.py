@@ -18,19 +18,16 @@ Verilator and compiler versions, options) and shared between processes by a file
 """
 
 import dataclasses
-import fcntl
-import hashlib
 import json
-import shutil
 import subprocess
-import time
 from functools import cache
 from pathlib import Path
 
 from .core_model import VERILOG_BACKEND, compiler_version, rtl_digest
 from .golden import scheduler as golden
 from .payload import fields_of, pack, payload_width
-from .toolchain import build_root, verilator_bin_dir, verilator_env, verilator_version
+from .harness_build import build_harness
+from .toolchain import verilator_version
 from .verilog import component_to_verilog
 
 
@@ -59,48 +56,18 @@ def build_scheduler_model(queue_depth, max_inflight, *, progress=None):
         "verilator": verilator_version(),
         "compiler": compiler_version(), "args": VERILATOR_ARGS, "make": MAKE_ARGS,
     }, sort_keys=True)
-    key = hashlib.sha256(key_material.encode()).hexdigest()[:16]
-    build_dir = build_root() / "sim" / f"scheduler-{key}"
-    executable = build_dir / "obj" / "Vscheduler"
-    lock_path = build_root() / "sim" / f".scheduler-{key}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not (build_dir / ".built").exists():
-                if build_dir.exists():
-                    shutil.rmtree(build_dir)
-                build_dir.mkdir(parents=True)
-                from rtl.scheduler import Scheduler
-                (build_dir / "scheduler.v").write_text(component_to_verilog(
-                    Scheduler(queue_depth=queue_depth, max_inflight=max_inflight), "scheduler",
-                    for_simulation=True))
-                start = time.monotonic()
-                if progress:
-                    progress(f"building the scheduler model with Verilator in {build_dir}")
-                command = [str(verilator_bin_dir() / "verilator"), "--cc", "--exe", "--build",
-                           "-j", "1", *VERILATOR_ARGS, "--top-module", "scheduler",
-                           "--prefix", "Vscheduler",
-                           *(arg for make_arg in MAKE_ARGS for arg in ("-MAKEFLAGS", make_arg)),
-                           "--Mdir", str(build_dir / "obj"), "-o", "Vscheduler",
-                           str(build_dir / "scheduler.v"), str(HARNESS)]
-                result = subprocess.run(command, env=verilator_env(), cwd=build_dir,
-                                        capture_output=True, text=True)
-                (build_dir / "build.log").write_text(
-                    " ".join(command) + "\n" + result.stdout + result.stderr
-                    + f"\n(took {time.monotonic() - start:.0f} s)\n")
-                if result.returncode != 0 or not executable.exists():
-                    lines = (result.stdout + result.stderr).splitlines()
-                    errors = [line for line in lines if "error" in line.lower()]
-                    detail = "\n".join(errors[-20:] or lines[-30:])
-                    raise RuntimeError(f"Verilator build of the scheduler harness failed "
-                                       f"(log: {build_dir / 'build.log'}):\n{detail}")
-                (build_dir / ".built").write_text(key_material)
-                if progress:
-                    progress(f"built the scheduler model in {time.monotonic() - start:.0f} s")
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return executable
+
+    def write_verilog(build_dir):
+        from rtl.scheduler import Scheduler
+        path = build_dir / "scheduler.v"
+        path.write_text(component_to_verilog(
+            Scheduler(queue_depth=queue_depth, max_inflight=max_inflight), "scheduler",
+            for_simulation=True))
+        return path
+
+    return build_harness("scheduler", key_material, write_verilog, harness=HARNESS,
+                         top="scheduler", verilator_args=VERILATOR_ARGS, make_args=MAKE_ARGS,
+                         jobs=1, progress=progress)
 
 
 def make_traffic(rng, count, pattern):
