@@ -268,8 +268,7 @@ class ProgramExecutor:
         params = self.model.params
         p = {n: np.asarray(params[f"{step.requantize.params}.{n}"])
              for n in ("bias", "multiplier", "shift", "zero_point")}
-        order = np.concatenate([np.flatnonzero(ctx.classes == 1), np.flatnonzero(ctx.classes != 1)])
-        cls_rows = int(np.count_nonzero(ctx.classes == 1))
+        order, cls_rows = self._class_order(ctx)
         y = self.accelerator.linear(
             a[order], w, mode=step.matmul.mode, cls_rows=cls_rows,
             **{n: v[0] for n, v in p.items()}, **{f"cls_{n}": v[1] for n, v in p.items()})
@@ -360,9 +359,7 @@ class ProgramExecutor:
         x = ctx.tensors[op.inp]
         tables = np.asarray(self.model.params[f"{op.params}.tables"])
         by_class = tables.ndim == 3
-        order = (np.concatenate([np.flatnonzero(ctx.classes == 1), np.flatnonzero(ctx.classes != 1)])
-                 if by_class else np.arange(x.shape[0]))
-        ones = int(np.count_nonzero(ctx.classes == 1)) if by_class else 0
+        order, ones = self._class_order(ctx) if by_class else (np.arange(x.shape[0]), 0)
         xp = x[order]
         words = -(-x.shape[1] // acc.lanes)
         # rows per program: x fits INP; the blocks' outputs (a word shared by two groups
