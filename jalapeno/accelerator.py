@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rtl.core.status import COUNTER_BASE, Counter, ErrorCode, Register
-from rtl.isa import PARAM_WORDS, PARAM_WORDS_WIDE, Bank, Opcode, PostOp, TableTarget
+from rtl.isa import PARAM_WORDS, PARAM_WORDS_WIDE, Bank, ConvertTarget, Opcode, PostOp, TableTarget
 from rtl.matmul.mode import MatmulMode
 
 from .program import Program
@@ -161,15 +161,41 @@ class Accelerator:
 
     # -- Ops ------------------------------------------------------------------------------
 
-    def matmul(self, a_codes, w_codes, mode):
+    #: ``matmul(to=...)``: the converter targets and the results' dtypes.
+    CONVERT_TARGETS = {"e4m3": (ConvertTarget.E4M3, np.uint8), "int8": (ConvertTarget.INT8, np.int8),
+                       "int16": (ConvertTarget.INT16, np.int16)}
+
+    def matmul(self, a_codes, w_codes, mode, *, to=None, shift=0):
         """``A @ W`` on 8-bit codes: int32 sums (integer modes) or FP32 bit patterns (uint32).
 
-        Bit-exact with :func:`sim.golden.matmul.matmul`.
+        Bit-exact with :func:`sim.golden.matmul.matmul`. FP8 modes with ``to`` ("e4m3",
+        "int8" or "int16"): each FP32 sum times ``2**shift`` (one value, or one per column,
+        in -64..64) converted on the core (the GEMM's CONVERT post op): E4M3 codes (uint8),
+        or int8 / int16 values, bit-exact with :func:`sim.golden.fp_convert.fp32_to_e4m3` /
+        :func:`~sim.golden.fp_convert.fp32_to_int`.
         """
         mode = MatmulMode(mode)
+        if to is not None:
+            if to not in self.CONVERT_TARGETS:
+                raise ValueError(f"to must be one of {sorted(self.CONVERT_TARGETS)} or None, "
+                                 f"not {to!r}")
+            if mode.value < MatmulMode.E4M3.value:
+                raise ValueError(f"to={to!r} converts FP32 sums: use an FP8 mode, not {mode.name}")
+            self._require("matmul(to=...)", requant=True)
         a, w = self._check_operands(a_codes, w_codes, mode)
         m, k = a.shape
         n = w.shape[1]
+        if to is not None:
+            target, dtype = self.CONVERT_TARGETS[to]
+            shifts = self._channel(n, "shift", shift, -64, 64)
+            if m == 0 or n == 0:
+                return np.zeros((m, n), dtype=dtype)
+            if k == 0:
+                raise ValueError("matmul(to=...) needs K >= 1")
+            params = self._params(n, 0, 0, 0, 0, shift_field=shifts)
+            result = self._gemm(a, w, mode, PostOp.CONVERT, params, target=target,
+                                wide=target == ConvertTarget.INT16)
+            return result.view(dtype if dtype != np.int16 else "<i2")[:m, :n].astype(dtype)
         if k == 0 or m == 0 or n == 0:
             from sim.golden.matmul import matmul as golden
             return golden(a, w, mode)
@@ -178,11 +204,18 @@ class Accelerator:
         return result.view(dtype)[:m, :n]
 
     def linear(self, x_codes, w_codes, *, bias, multiplier, shift, zero_point=0,
-               mode=MatmulMode.INT8, activation_table=None, cls_rows=0, cls_bias=None,
-               cls_multiplier=None, cls_shift=None, cls_zero_point=None):
+               mode=MatmulMode.INT8, activation_table=None, out_bits=8, residual=None,
+               residual_multiplier=None, cls_rows=0, cls_bias=None, cls_multiplier=None,
+               cls_shift=None, cls_zero_point=None):
         """``requantize(X @ W + bias)`` to INT8 per output channel (TFLite single rounding),
         optionally through a 256-entry activation table; bit-exact with
         :func:`sim.golden.requantizer.requantize` (and :func:`sim.golden.activation.apply`).
+
+        ``out_bits=16`` gives INT16 results (:func:`sim.golden.int16_ops.requantize_int16`,
+        16-bit ``zero_point``); ``residual`` (M x N INT8 codes) with ``residual_multiplier``
+        (``d``, N values in 0..65535) adds ``residual * d`` to the sums before the bias
+        (:func:`sim.golden.int16_ops.requantize_residual_int16`): the GEMMs' ``wide`` and
+        ``residual`` fields, so the INT32 sums never leave the core.
 
         Row classes: rows ``[0, cls_rows)`` are requantized with the ``cls_*`` parameters
         instead (``cls_bias``, ``cls_multiplier`` and ``cls_shift`` required when
@@ -193,9 +226,14 @@ class Accelerator:
             raise ValueError("linear() requantizes INT32 sums: use an integer mode (INT8, UINT8)")
         x, w = self._check_operands(x_codes, w_codes, mode)
         n = w.shape[1]
-        params = self._params(n, bias, multiplier, shift, zero_point)
+        wide, side, d = self._residual_options(x.shape[0], n, out_bits, activation_table,
+                                               residual, residual_multiplier)
+        extended = wide or side is not None
+        params = self._params(n, bias, multiplier, shift, zero_point, zero_point_bits=out_bits,
+                              residual_multiplier=d, extended=extended)
         cls_rows, cls_params = self._class_params(
-            n, cls_rows, x.shape[0], cls_bias, cls_multiplier, cls_shift, cls_zero_point)
+            n, cls_rows, x.shape[0], cls_bias, cls_multiplier, cls_shift, cls_zero_point,
+            zero_point_bits=out_bits, residual_multiplier=d, extended=extended)
         table = None
         if activation_table is not None:
             table = np.asarray(activation_table)
@@ -203,13 +241,34 @@ class Accelerator:
                 raise ValueError("activation_table must hold 256 int8 values")
             table = self._table_words(TableTarget.ACTIVATION, table)
         if x.shape[0] == 0 or n == 0:
-            return np.zeros((x.shape[0], n), dtype=np.int8)
+            return np.zeros((x.shape[0], n), dtype=np.int16 if wide else np.int8)
         if x.shape[1] == 0:
             raise ValueError("linear() needs K >= 1")
         post = PostOp.REQUANT_ACT if table is not None else PostOp.REQUANT
         result = self._gemm(x, w, mode, post, params, table, cls_rows=cls_rows,
-                            cls_params=cls_params)
+                            cls_params=cls_params, wide=wide, side=side)
+        if wide:
+            return result.view("<i2")[:x.shape[0], :n].astype(np.int16)
         return result.view(np.int8)[:x.shape[0], :n]
+
+    def _residual_options(self, m, n, out_bits, activation_table, residual, residual_multiplier):
+        """``out_bits`` and the residual checked: (wide, residual codes padded to whole tiles
+        (uint8, M x tiles * lanes) or None, d or None)."""
+        if out_bits not in (8, 16):
+            raise ValueError(f"out_bits must be 8 or 16, not {out_bits!r}")
+        wide = out_bits == 16
+        if wide and activation_table is not None:
+            raise ValueError("an activation table takes INT8 values: use out_bits=8 with it")
+        if (residual is None) != (residual_multiplier is None):
+            raise ValueError("residual and residual_multiplier must be given together")
+        if residual is None:
+            return wide, None, None
+        res = self._int8_matrix(residual, "residual")
+        if res.shape != (m, n):
+            raise ValueError(f"residual must have the result's shape {(m, n)}, not {res.shape}")
+        d = self._channel(n, "residual_multiplier", residual_multiplier, 0, 0xFFFF)
+        side = self._padded(res.view(np.uint8), m, self._tiles(n) * self.lanes, 0)
+        return wide, side, d
 
     def softmax(self, scores, table, *, lengths=None, causal=False, row_start=0, offset=0):
         """Row softmax of INT8 ``scores`` (M x T) to UINT8 probabilities (scale 1/256).
@@ -473,22 +532,11 @@ class Accelerator:
             raise ValueError("accumulators must be a 2-D integer array")
         if acc.size and (acc.min() < -(1 << 31) or acc.max() >= 1 << 31):
             raise ValueError("accumulators must fit INT32")
-        if out_bits not in (8, 16):
-            raise ValueError(f"out_bits must be 8 or 16, not {out_bits!r}")
-        wide = out_bits == 16
-        if wide and activation_table is not None:
-            raise ValueError("an activation table takes INT8 values: use out_bits=8 with it")
-        if (residual is None) != (residual_multiplier is None):
-            raise ValueError("residual and residual_multiplier must be given together")
         m, n = acc.shape
-        d = None
-        if residual is not None:
-            res = self._int8_matrix(residual, "residual")
-            if res.shape != acc.shape:
-                raise ValueError(f"residual must have the accumulators' shape {acc.shape}, "
-                                 f"not {res.shape}")
-            d = self._channel(n, "residual_multiplier", residual_multiplier, 0, 0xFFFF)
-            total = acc.astype(np.int64) + res.astype(np.int64) * d[None, :]
+        wide, side, d = self._residual_options(m, n, out_bits, activation_table, residual,
+                                               residual_multiplier)
+        if d is not None:
+            total = acc.astype(np.int64) + side[:, :n].view(np.int8).astype(np.int64) * d[None, :]
             if total.size and (total.min() < -(1 << 31) or total.max() >= 1 << 31):
                 raise ValueError("accumulators + residual * residual_multiplier must fit INT32")
         extended = wide or d is not None
@@ -508,9 +556,6 @@ class Accelerator:
         words_in = np.zeros((m, tiles * self.lanes), dtype="<i4")
         words_in[:, :n] = acc
         out_words = 2 * tiles if wide else tiles
-        side = None
-        if d is not None:
-            side = self._padded(res.view(np.uint8), m, tiles * self.lanes, 0)
 
         def op(program, deps, rows, row0, src, dst, param_base, res_base=0, cls=None):
             return program.add(Opcode.REQUANT, deps, dst_bank=Bank.OUT, rows=rows, words=out_words,
@@ -866,12 +911,13 @@ class Accelerator:
         return v
 
     def _params(self, n, bias, multiplier, shift, zero_point, *, zero_point_bits=8,
-                residual_multiplier=None, extended=False):
+                residual_multiplier=None, extended=False, shift_field=None):
         """Requantization parameters per tile: PARAM_WORDS words, or PARAM_WORDS_WIDE with
-        ``extended`` (16-bit zero points and the residual multipliers, 0 if None)."""
+        ``extended`` (16-bit zero points and the residual multipliers, 0 if None).
+        ``shift_field``: the converters' shifts (already checked) instead of ``shift``."""
         bias = self._channel(n, "bias", bias, -(1 << 31), (1 << 31) - 1)
         multiplier = self._channel(n, "multiplier", multiplier, 0, (1 << 31) - 1)
-        shift = self._channel(n, "shift", shift, -31, 30)
+        shift = self._channel(n, "shift", shift, -31, 30) if shift_field is None else shift_field
         zp_limit = 1 << (zero_point_bits - 1)
         zero_point = self._channel(n, "zero_point", zero_point, -zp_limit, zp_limit - 1)
         d = np.zeros(n, np.int64) if residual_multiplier is None else residual_multiplier
@@ -892,29 +938,47 @@ class Accelerator:
         assert all(len(b) == words * self.lanes for b in blocks)
         return np.frombuffer(b"".join(blocks), dtype=np.uint8)
 
-    def _plan(self, m, k_tiles, n_tiles, post, param_sets=1):
+    def _plan(self, m, k_tiles, n_tiles, post, param_sets=1, *, wide=False, residual=False,
+              table=False):
+        """(M rows per chunk, output tiles per block, output words per row and tile,
+        parameter words per tile, WGT words per block slot, slots). Each block's WGT slot
+        holds its weights, its parameter sets and (``residual``) its M chunk's residual
+        words; there are two slots (halves: the next block loads while one computes), or,
+        when one output tile's K does not fit half of WGT, one slot of the whole buffer
+        (the blocks run one after the other)."""
         lanes = self.lanes
-        out_per_tile = 4 if post == PostOp.RAW else 1
+        out_per_tile = 4 if post == PostOp.RAW else (2 if wide else 1)
         w_half = self.wgt_words // 2
-        p_words = PARAM_WORDS * param_sets if post != PostOp.RAW else 0
-        w_per_tile = k_tiles * lanes + p_words
+        slots = 2
+        extended = (wide or residual) and post != PostOp.CONVERT
+        set_words = PARAM_WORDS_WIDE if extended else PARAM_WORDS
+        p_words = set_words * param_sets if post != PostOp.RAW else 0
+        w_per_tile = k_tiles * lanes + p_words + int(residual)
+        if w_per_tile > w_half and not table:
+            w_half, slots = self.wgt_words, 1
         if w_per_tile > w_half:
             raise ValueError(f"K = {k_tiles * lanes} is too large for the weight buffer "
                              f"({self.wgt_words} words): at most "
-                             f"{(w_half - p_words) // lanes * lanes}")
+                             f"{(w_half - p_words - int(residual)) // lanes * lanes}")
         if k_tiles > self.inp_words:
             raise ValueError(f"K = {k_tiles * lanes} is too large for the input buffer")
         m_chunk = min(m, self.max_rows, self.inp_words // k_tiles,
                       (self.out_words // 2) // out_per_tile)
+        if residual:    # one residual word per row and tile beside the tile's weights
+            m_chunk = min(m_chunk, w_half - (k_tiles * lanes + p_words))
+            w_per_tile = k_tiles * lanes + p_words + m_chunk
         n_block = min(n_tiles, w_half // w_per_tile,
                       (self.out_words // 2) // (m_chunk * out_per_tile),
                       max(1, self.GEMM_BLOCK_WORDS // w_per_tile))
-        return m_chunk, n_block, out_per_tile
+        return m_chunk, n_block, out_per_tile, set_words, w_half, slots
 
-    def _gemm(self, a, w, mode, post, params, table=None, *, cls_rows=0, cls_params=None):
+    def _gemm(self, a, w, mode, post, params, table=None, *, cls_rows=0, cls_params=None,
+              wide=False, side=None, target=None):
         """Rows ``[0, cls_rows)`` use ``cls_params`` (another :meth:`_params` block): per M
         chunk its class-1 rows go in the GEMM's ``cls_rows``, or, if all of them are class 1,
-        the GEMM's ``param_base`` points at the class-1 set; both sets share the weight half."""
+        the GEMM's ``param_base`` points at the class-1 set; both sets share the weight half.
+        ``wide``: INT16 results; ``side``: the residual codes (M x tiles * lanes, uint8), each
+        block's rows loaded into its WGT half after the parameters; ``target``: CONVERT's."""
         lanes = self.lanes
         if cls_params is None:
             cls_rows = 0
@@ -924,8 +988,9 @@ class Accelerator:
         fp8 = mode.value >= MatmulMode.E4M3.value
         a_words = self._padded(a, m, k_tiles * lanes, 0x80 if fp8 else 0)
         w_words = self._padded(w, k_tiles * lanes, n_tiles * lanes, 0)
-        m_chunk, n_block, out_per_tile = self._plan(m, k_tiles, n_tiles, post,
-                                                    param_sets=2 if cls_rows else 1)
+        m_chunk, n_block, out_per_tile, set_words, w_slot, slots = self._plan(
+            m, k_tiles, n_tiles, post, param_sets=2 if cls_rows else 1, wide=wide,
+            residual=side is not None, table=table is not None)
 
         # External memory: A, W, parameters, table, C.
         address = 0
@@ -942,11 +1007,13 @@ class Accelerator:
         t_base = address
         if table is not None:
             address += self._write_words(t_base, table)
+        s_base = address
+        if side is not None:
+            address += self._write_words(s_base, side)
         c_base = address
         c_stride = n_tiles * out_per_tile
 
         program = Program()
-        w_half = self.wgt_words // 2
         o_half = self.out_words // 2
         last_gemm = None
         gemm_of_half = [None, None]
@@ -969,25 +1036,37 @@ class Accelerator:
                                   dram_base=a_base + m0 * k_tiles, dram_stride=k_tiles)
             for b0 in range(0, n_tiles, n_block):
                 nb = min(n_block, n_tiles - b0)
-                h = block_count % 2
+                h = block_count % slots
                 block_count += 1
-                half = h * w_half
+                half = h * w_slot
                 w_load = program.load(deps=[gemm_of_half[h]], bank=Bank.WGT, sram_base=half,
                                       sram_stride=nb, rows=k_tiles * lanes, cols=nb,
                                       dram_base=w_base + b0, dram_stride=n_tiles)
                 param_base = half + k_tiles * lanes * nb
-                cls_base = param_base + nb * PARAM_WORDS
+                cls_base = param_base + nb * set_words
+                res_base = cls_base + (nb * set_words if cls_rows else 0)
                 loads = [w_load]
                 if params is not None and chunk_cls < rows:
                     loads.append(program.load(deps=[gemm_of_half[h]], bank=Bank.WGT,
                                               sram_base=param_base, sram_stride=0, rows=1,
-                                              cols=nb * PARAM_WORDS,
-                                              dram_base=p_base + b0 * PARAM_WORDS, dram_stride=0))
+                                              cols=nb * set_words,
+                                              dram_base=p_base + b0 * set_words, dram_stride=0))
                 if chunk_cls:
                     loads.append(program.load(deps=[gemm_of_half[h]], bank=Bank.WGT,
                                               sram_base=cls_base, sram_stride=0, rows=1,
-                                              cols=nb * PARAM_WORDS,
-                                              dram_base=cp_base + b0 * PARAM_WORDS, dram_stride=0))
+                                              cols=nb * set_words,
+                                              dram_base=cp_base + b0 * set_words, dram_stride=0))
+                options = {}
+                if post == PostOp.CONVERT:
+                    options["target"] = target
+                elif wide:
+                    options["wide"] = 1
+                if side is not None:
+                    loads.append(program.load(deps=[gemm_of_half[h]], bank=Bank.WGT,
+                                              sram_base=res_base, sram_stride=nb, rows=rows,
+                                              cols=nb, dram_base=s_base + m0 * n_tiles + b0,
+                                              dram_stride=n_tiles))
+                    options.update(residual=1, res_base=res_base, res_stride=nb)
                 classes = {}
                 if chunk_cls == rows:       # all class 1: the class-1 set is the only one
                     param_base = cls_base
@@ -999,7 +1078,7 @@ class Accelerator:
                     transpose_w=0, out_bank=Bank.OUT, m=rows, k_tiles=k_tiles, n_tiles=nb,
                     a_base=0, a_stride=k_tiles, w_base=half, w_stride=nb,
                     out_base=out_base, out_stride=nb * out_per_tile, param_base=param_base,
-                    **classes)
+                    **classes, **options)
                 gemm_of_half[h] = last_gemm
                 store_of_half[h] = program.store(
                     deps=[last_gemm], bank=Bank.OUT, sram_base=out_base,
@@ -1009,4 +1088,4 @@ class Accelerator:
         data = self.transport.read_memory(c_base, m * c_stride)
         if post == PostOp.RAW:
             return np.frombuffer(data, dtype="<u4").reshape(m, n_tiles * lanes).copy()
-        return np.frombuffer(data, dtype=np.uint8).reshape(m, n_tiles * lanes).copy()
+        return np.frombuffer(data, dtype=np.uint8).reshape(m, c_stride * lanes).copy()

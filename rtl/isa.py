@@ -24,11 +24,12 @@ from amaranth.hdl import Shape, signed, unsigned
 from amaranth.lib import data, enum
 
 from .matmul.mode import MatmulMode
+from .numerics.fp32_converter import ConvertTarget
 
 
 __all__ = [
     "INSTRUCTION_BITS", "Opcode", "Bank", "PostOp", "Header", "TransferInstruction",
-    "GemmInstruction", "TableInstruction", "TableTarget", "VectorInstruction", "Instruction",
+    "ConvertTarget", "GemmInstruction", "TableInstruction", "TableTarget", "VectorInstruction", "Instruction",
     "LAYOUTS", "encode", "decode_opcode", "PARAM_WORDS", "PARAM_WORDS_WIDE",
 ]
 
@@ -74,6 +75,7 @@ class PostOp(enum.Enum, shape=2):
     RAW = 0            # INT32 / FP32 bit patterns, 4 words per row of ``lanes`` columns
     REQUANT = 1        # per-column requantization to INT8, 1 word per row
     REQUANT_ACT = 2    # requantization, then the activation table
+    CONVERT = 3        # FP8 modes: FP32 x 2**shift to E4M3 / INT8 (1 word) or INT16 (2 words)
 
 
 class TableTarget(enum.Enum, shape=2):
@@ -117,6 +119,24 @@ TransferInstruction = data.StructLayout({
 #: keep ``param_base + j * PARAM_WORDS``); ``cls_rows`` = 0 means no classes. BAD_FIELD when
 #: ``cls_rows`` != 0 and (``cls_rows`` >= ``m`` or ``post`` is RAW); ADDRESS when the class-1
 #: parameters (``n_tiles * PARAM_WORDS`` words) leave WGT.
+#:
+#: The residual GEMM (the requantizer options of :data:`VectorInstruction`'s REQUANT, on the
+#: engine's rows): with ``wide`` the REQUANT results are INT16, two words per output tile
+#: (``out_base + r * out_stride + 2 * j`` and the next); with ``residual`` the INT8 row r of
+#: tile j, read from WGT at ``res_base + r * res_stride + j``, times ``d`` is added to the
+#: accumulators before the bias (:func:`sim.golden.int16_ops.requantize_residual_int16`).
+#: Either takes :data:`PARAM_WORDS_WIDE` parameter words per tile (class-1 sets too). The
+#: weight sequencer reads tile j's residual words after its weights, so each output tile
+#: costs about ``lanes`` cycles more than without. BAD_FIELD for ``wide`` or ``residual``
+#: with RAW, ``wide`` with REQUANT_ACT; ADDRESS when the residual rows leave WGT.
+#:
+#: CONVERT (FP8 modes, on a core built with them): each FP32 result times ``2**shift`` to
+#: ``target`` (:class:`~rtl.numerics.fp32_converter.ConvertTarget`): E4M3 codes or INT8
+#: values (one word per row and tile) or INT16 values (two, like ``wide``), bit-exact with
+#: :mod:`sim.golden.fp_convert`; ``shift`` per column is the shift field of tile j's
+#: :data:`PARAM_WORDS`-word parameter set (the other fields are ignored; row classes
+#: work as for REQUANT). BAD_FIELD for CONVERT with an integer mode, on a core without the
+#: FP8 modes, with ``wide`` or ``residual``, ``target`` 3, or a shift outside -64..64.
 GemmInstruction = data.StructLayout({
     "header": Header,
     "mode": MatmulMode,
@@ -135,6 +155,11 @@ GemmInstruction = data.StructLayout({
     "param_base": 16,
     "cls_rows": 16,
     "cls_param_base": 16,
+    "wide": 1,
+    "residual": 1,
+    "res_base": 16,
+    "res_stride": 16,
+    "target": ConvertTarget,
 })
 
 #: TABLE: load ``count`` 32-bit entries (little-endian, lanes / 4 per word) from WGT at

@@ -60,6 +60,63 @@ def test_matmul_every_mode(accelerator, mode):
         assert mismatches == 0, f"{mode.name} {m}x{k}x{n}: {mismatches} mismatches"
 
 
+@pytest.mark.parametrize("to", ["e4m3", "int8", "int16"])
+@pytest.mark.parametrize("mode", [m for m in MatmulMode if m.is_fp8], ids=lambda m: m.name)
+def test_matmul_convert_every_target(accelerator, mode, to):
+    """CONVERT: the FP32 sums of every FP8 mode times 2**shift (per column, -64..64, both ends
+    among them) to E4M3 / INT8 / INT16 on the core, against sim/golden/fp_convert.py; the
+    shifts put results on both sides of the clamps, NaN and Inf sums among them."""
+    from sim.golden import fp_convert
+    rng = np.random.default_rng(300 + 3 * mode.value + len(to))
+    seen = []
+    for m, k, n in [(1, 1, 1), (5, 7, 6), (37, 21, 19), (130, 40, 30), (64, 3, 8)]:
+        a, w = random_codes(rng, (m, k), mode), random_codes(rng, (k, n), mode)
+        if k == 3:          # short sums: mostly finite (a NaN or Inf code spoils a whole sum)
+            a, w = a & 0xBB, w & 0xBB
+        shift = rng.integers(-24, 12, n)
+        shift[:2] = [-64, 64][:n]
+        sums = golden_matmul(a, w, mode)
+        if to == "e4m3":
+            expected = fp_convert.fp32_to_e4m3(sums, shift[None])
+        else:
+            expected = fp_convert.fp32_to_int(sums, shift[None], int(to[3:]))["value"]
+        got = accelerator.matmul(a, w, mode, to=to, shift=shift)
+        assert got.dtype == Accelerator.CONVERT_TARGETS[to][1] and got.shape == (m, n)
+        assert np.count_nonzero(got.astype(np.int64) != expected) == 0, f"{mode.name} {m}x{k}x{n}"
+        seen.append(expected.ravel())
+    seen = np.concatenate(seen)
+    if to != "e4m3":        # both clamps reached, and values strictly inside them
+        limit = 1 << (int(to[3:]) - 1)
+        assert (seen == limit - 1).any() and (seen == -limit).any()
+        assert ((seen > -limit) & (seen < limit - 1) & (seen != 0)).any()
+
+
+def test_matmul_convert_host_validation(accelerator):
+    a = np.zeros((2, 3), int)
+    for kwargs, match in [
+        (dict(mode=MatmulMode.INT8, to="e4m3"), "FP8 mode"),
+        (dict(mode=MatmulMode.E4M3, to="fp16"), "to must be"),
+        (dict(mode=MatmulMode.E4M3, to="int8", shift=65), "shift"),
+        (dict(mode=MatmulMode.E4M3, to="int8", shift=[1, 2, 3]), "shift"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            accelerator.matmul(a, a.T, **kwargs)
+    assert accelerator.matmul(np.zeros((0, 3), int), a.T, MatmulMode.E4M3, to="int16").dtype == np.int16
+
+
+def test_convert_shift_beyond_the_converters_is_an_error(accelerator):
+    """A parameter set whose shift the host would refuse (|k| > 64) gives BAD_FIELD."""
+    from rtl.isa import ConvertTarget
+    a = np.full((3, 4), 0x38)          # E4M3 1.0
+    params = accelerator._params(4, 0, 0, 0, 0, shift_field=np.array([0, 1, 100, 2]))
+    with pytest.raises(DeviceError) as info:
+        accelerator._gemm(a, a.T, MatmulMode.E4M3, PostOp.CONVERT, params,
+                          target=ConvertTarget.INT8)
+    assert info.value.code == ErrorCode.BAD_FIELD
+    assert np.array_equal(accelerator.matmul(a, a.T, MatmulMode.E4M3, to="int8", shift=1),
+                          np.full((3, 3), 8))
+
+
 def test_matmul_many_blocks_and_row_chunks(accelerator):
     # K = 256 fills a weight half with 8 tiles: N = 50 needs 2 blocks; M = 300 needs 3 chunks.
     rng = np.random.default_rng(7)
@@ -146,6 +203,92 @@ def test_linear_row_classes_with_activation_table(accelerator):
     table = golden_activation.build_table(golden_activation.gelu, 0.05, 0.03)
     got = accelerator.linear(x, w, activation_table=table, **kwargs)
     assert np.array_equal(got, golden_activation.apply(table, expected["value"].astype(np.int8)))
+
+
+def residual_linear_case(rng, m, k, n, cls_rows, wide, residual):
+    """A linear with INT16 outputs (``wide``) and/or a residual input, and two row classes:
+    residuals from both INT8 extremes, d in 0..65535 (both ends among them), scales that put
+    the results on both sides of the clamps."""
+    from sim.golden.int16_ops import requantize_residual_int16
+    x, w = random_codes(rng, (m, k), 0), random_codes(rng, (k, n), 0)
+    res = rng.integers(-128, 128, (m, n))
+    res.flat[:4] = [-128, 127, -128, 127][:res.size]
+    d = rng.integers(0, 1 << 16, n)
+    d[:2] = [0, 0xFFFF][:n]
+    if not residual:
+        res, d = np.zeros((m, n), np.int64), np.zeros(n, np.int64)
+    bits = 16 if wide else 8
+    limit = 1 << (bits - 1)
+
+    def params():
+        multiplier, shift = quantize_multipliers(
+            np.exp2(-rng.uniform(0, 11, n) - (0 if wide else 8)))
+        zero_point = rng.integers(-limit // 16, limit // 16, n)
+        zero_point[:1] = [limit - 1]
+        return dict(bias=rng.integers(-(1 << 20), 1 << 20, n), multiplier=multiplier,
+                    shift=shift, zero_point=zero_point)
+    p0, p1 = params(), params()
+    accumulators = golden_matmul(x, w, MatmulMode.INT8)
+    expected = np.empty((m, n), np.int64)
+    for rows, p in ((slice(0, cls_rows), p1), (slice(cls_rows, m), p0)):
+        expected[rows] = requantize_residual_int16(
+            accumulators[rows], res[rows], d[None],
+            *(np.asarray(p[f])[None] for f in ("bias", "multiplier", "shift", "zero_point")))["value"]
+    expected = np.clip(expected, -limit, limit - 1)
+    kwargs = dict(p0, out_bits=bits, cls_rows=cls_rows, **{f"cls_{f}": v for f, v in p1.items()})
+    if residual:
+        kwargs.update(residual=res, residual_multiplier=d)
+    return x, w, kwargs, expected
+
+
+@pytest.mark.parametrize("shape, cls_rows, wide, residual", [
+    ((5, 7, 6), 0, True, False),
+    ((19, 33, 11), 0, False, True),
+    ((70, 40, 22), 0, True, True),
+    ((1, 1, 1), 0, True, True),
+    # 300 rows in 3 chunks, the class boundary in the first.
+    ((300, 40, 10), 3, True, True),
+    # K = 256: INP-limited 64-row chunks, N = 30 in several blocks, the first two chunks
+    # all class 1; the residual rows share each WGT half with the weights.
+    ((140, 256, 30), 130, True, True),
+    ((9, 5, 3), 9, False, True),
+], ids=["wide", "residual-int8", "wide-residual", "one", "chunks-classes", "blocks-classes",
+        "all-class-1"])
+def test_linear_int16_and_residual(accelerator, shape, cls_rows, wide, residual):
+    """The residual GEMM: ``linear(out_bits=16, residual=...)`` requantizes the engine's sums
+    with the residual added, in the GEMM's post op (no INT32 result leaves the core)."""
+    rng = np.random.default_rng(sum(shape) + cls_rows + 2 * wide + residual)
+    x, w, kwargs, expected = residual_linear_case(rng, *shape, cls_rows, wide, residual)
+    got = accelerator.linear(x, w, **kwargs)
+    assert got.dtype == (np.int16 if wide else np.int8)
+    assert np.count_nonzero(got != expected) == 0
+    if expected.size > 1:       # the case reaches the clamps, and not only them
+        saturated = np.abs(expected) == (1 << (15 if wide else 7)) - (expected > 0)
+        assert saturated.any() and (~saturated).any()
+
+
+def test_linear_residual_with_activation_table(accelerator):
+    rng = np.random.default_rng(14)
+    x, w, kwargs, expected = residual_linear_case(rng, 33, 20, 10, 4, False, True)
+    table = golden_activation.build_table(golden_activation.gelu, 0.05, 0.03)
+    got = accelerator.linear(x, w, activation_table=table, **kwargs)
+    assert np.array_equal(got, golden_activation.apply(table, expected.astype(np.int8)))
+
+
+def test_linear_residual_host_validation(accelerator):
+    x, w = np.zeros((2, 4), int), np.zeros((4, 3), int)
+    ok = dict(bias=0, multiplier=1 << 30, shift=0)
+    for kwargs, match in [
+        (dict(out_bits=12), "out_bits"),
+        (dict(out_bits=16, activation_table=np.zeros(256, int)), "activation table"),
+        (dict(residual=np.zeros((2, 3), int)), "together"),
+        (dict(residual=np.zeros((3, 2), int), residual_multiplier=1), "shape"),
+        (dict(residual=np.full((2, 3), -129), residual_multiplier=1), "INT8"),
+        (dict(residual=np.zeros((2, 3), int), residual_multiplier=1 << 16), "residual_multiplier"),
+        (dict(zero_point=1 << 15, out_bits=16), "zero_point"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            accelerator.linear(x, w, **ok, **kwargs)
 
 
 def test_linear_row_classes_host_validation(accelerator):
@@ -494,6 +637,16 @@ def test_unknown_opcode_is_an_error(accelerator):
     # Class-1 parameters: 2 tiles x 10 words from 4080 end at 4100 (normal ones fit).
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, post=PostOp.REQUANT, param_base=0,
                        cls_rows=1, cls_param_base=4080), 2),
+    # 13-word sets with ``wide``: 2 tiles from 4072 end at 4098 (10-word ones would fit).
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, post=PostOp.REQUANT, wide=1, param_base=4072), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, post=PostOp.REQUANT, residual=1, param_base=0,
+                       cls_rows=1, cls_param_base=4072, res_base=100, res_stride=2), 2),
+    # Residual rows: 4 rows of 2 tiles at stride 3 from 4086 end at 4097.
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, post=PostOp.REQUANT, residual=1, param_base=0,
+                       res_base=4086, res_stride=3), 2),
+    # INT16 results take 2 words per tile: 4 rows of 4 from 4084 end at 4100.
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, post=PostOp.REQUANT, wide=1, param_base=0,
+                       out_base=4084, out_stride=4), 2),
     (Opcode.TABLE, dict(base=4090, count=256), 2),
     (Opcode.SOFTMAX, dict(rows=2, words=3, src_base=4094, src_stride=3, dst_base=0), 2),
     (Opcode.LAYERNORM, dict(rows=3, words=4, dst_bank=Bank.OUT, dst_base=4090, dst_stride=4), 2),
@@ -506,7 +659,9 @@ def test_unknown_opcode_is_an_error(accelerator):
     (Opcode.REQUANT, dict(rows=2, words=1, residual=1, res_base=4095, res_stride=1), 2),
     (Opcode.REQUANT, dict(rows=3, words=4, wide=1, residual=1, res_base=4000, res_stride=48), 2),
 ], ids=["load-sram", "load-dram-stride", "load-dram-end", "store-sram", "store-counters",
-        "gemm-a", "gemm-w", "gemm-wt", "gemm-params", "gemm-out", "gemm-cls-params", "table", "softmax-src",
+        "gemm-a", "gemm-w", "gemm-wt", "gemm-params", "gemm-out", "gemm-cls-params",
+        "gemm-wide-params", "gemm-residual-cls-params", "gemm-residual", "gemm-wide-out",
+        "table", "softmax-src",
         "layernorm-dst", "layernorm-wide-src", "requant-src", "requant-params", "requant-wide-params",
         "requant-residual-params", "requant-residual", "requant-residual-stride"])
 def test_out_of_range_addresses_are_errors(accelerator, opcode, fields, unit):
@@ -527,6 +682,17 @@ def test_out_of_range_addresses_are_errors(accelerator, opcode, fields, unit):
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.REQUANT, cls_rows=4), 2),
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.REQUANT, cls_rows=9), 2),
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.RAW, cls_rows=1), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.RAW, wide=1), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.RAW, residual=1), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.REQUANT_ACT, wide=1), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.CONVERT), 2),     # INT8 mode
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, mode=MatmulMode.UINT8, post=PostOp.CONVERT), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, mode=MatmulMode.E4M3, post=PostOp.CONVERT,
+                       wide=1), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, mode=MatmulMode.E4M3, post=PostOp.CONVERT,
+                       residual=1), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, mode=MatmulMode.E4M3, post=PostOp.CONVERT,
+                       raw_target=3), 2),
     (Opcode.SOFTMAX, dict(rows=1, words=33), 2),                 # 132 > max_length 128
     (Opcode.SOFTMAX, dict(rows=1, words=2, length=9), 2),        # length beyond the row
     (Opcode.LAYERNORM, dict(rows=1, words=CONFIG.max_hidden // CONFIG.lanes + 1), 2),  # > max_hidden
@@ -543,7 +709,8 @@ def test_out_of_range_addresses_are_errors(accelerator, opcode, fields, unit):
     (Opcode.REQUANT, dict(rows=1, words=2, wide=1, activate=1), 2),   # no table for INT16
     (Opcode.REQUANT, dict(rows=1, words=3, wide=1), 2),               # 2 words per tile
 ], ids=["load-out", "store-inp", "m0", "m-max", "k0", "n0", "mode6", "post3", "out-counters",
-        "cls-rows-m", "cls-rows-beyond", "cls-raw",
+        "cls-rows-m", "cls-rows-beyond", "cls-raw", "wide-raw", "residual-raw", "wide-act",
+        "convert-int8", "convert-uint8", "convert-wide", "convert-residual", "convert-target3",
         "softmax-long", "softmax-length", "layernorm-long", "rows0", "dst-counters",
         "table-count", "table-odd", "table-empty", "softmax-wide", "softmax-residual",
         "activation-wide", "activation-residual", "layernorm-residual", "requant-wide-activate",
@@ -696,12 +863,13 @@ def test_gemm_only_core_refuses_ops_on_the_host(gemm_only, call, message):
 @pytest.mark.parametrize("opcode, fields", [
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.REQUANT)),
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.REQUANT_ACT)),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.CONVERT, mode=MatmulMode.E4M3)),
     (Opcode.REQUANT, dict(rows=1, words=1)),
     (Opcode.SOFTMAX, dict(rows=1, words=1, length=4)),
     (Opcode.LAYERNORM, dict(rows=1, words=1)),
     (Opcode.ACTIVATION, dict(rows=1, words=1)),
     (Opcode.TABLE, dict(target=TableTarget.ACTIVATION, base=0, count=4)),
-], ids=["gemm-requant", "gemm-requant-act", "requant", "softmax", "layernorm", "activation",
+], ids=["gemm-requant", "gemm-requant-act", "gemm-convert", "requant", "softmax", "layernorm", "activation",
         "table"])
 def test_gemm_only_core_rejects_what_it_lacks(gemm_only, opcode, fields):
     error = run_error(gemm_only, one(opcode, **fields))

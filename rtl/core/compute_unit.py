@@ -7,10 +7,11 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from ..activation import Activation
-from ..isa import PARAM_WORDS, PARAM_WORDS_WIDE, Bank, Instruction, Opcode, PostOp, TableTarget
+from ..isa import (PARAM_WORDS, PARAM_WORDS_WIDE, Bank, ConvertTarget, Instruction, Opcode, PostOp,
+                   TableTarget)
 from ..layernorm import LayerNorm
 from ..matmul.array import pe_module_name
-from ..matmul.engine import MatmulEngine, result_row_layout
+from ..matmul.engine import MatmulEngine
 from ..matmul.mode import MatmulMode
 from ..matmul.pe import ProcessingElement
 from ..softmax import Softmax
@@ -49,7 +50,11 @@ class ComputeUnit(wiring.Component):
     without a bubble. The post-processor writes the rows to ``out_bank``. With row
     classes (``cls_rows`` != 0) the weight sequencer reads two parameter sets per tile
     into the parameter FIFO, the class-1 set (``cls_param_base``) first; the
-    post-processor takes the first for rows < ``cls_rows``, the second for the rest.
+    post-processor takes the first for rows < ``cls_rows``, the second for the rest. With
+    ``wide`` the requantized results are INT16 (two words per tile); with ``residual`` the
+    weight sequencer reads tile j's ``m`` INT8 residual words right after its weights (they
+    wait in the residual FIFO until tile j's rows come out; ``residual * d`` is added before
+    the bias). Both take the 13-word parameter sets.
 
     **SOFTMAX, LAYERNORM, ACTIVATION** (:data:`rtl.isa.VectorInstruction`): rows of
     words from INP through the softmax, LayerNorm or activation unit (``lanes``
@@ -65,9 +70,11 @@ class ComputeUnit(wiring.Component):
 
     Checks before anything runs: BAD_FIELD for a size of 0 or beyond the unit's
     limit (``max_rows``, ``max_length``, ``max_hidden``), a mode the engine was not
-    built with, post op 3, a COUNTERS destination, GEMM ``cls_rows`` >= ``m`` or with RAW,
+    built with, CONVERT with an integer mode, ``wide``, ``residual`` or target 3 (or on a
+    core without the FP8 modes), a COUNTERS destination, GEMM ``cls_rows`` >= ``m`` or with RAW,
+    GEMM ``wide`` or ``residual`` with RAW, GEMM ``wide`` with REQUANT_ACT,
     a softmax ``length`` beyond the row, a bad table target or count, ``residual`` on
-    anything but REQUANT, ``wide`` on anything but REQUANT and LAYERNORM, REQUANT ``wide``
+    any vector op but REQUANT, ``wide`` on any but REQUANT and LAYERNORM, REQUANT ``wide``
     with ``activate`` or an odd ``words``; ADDRESS for any operand (the residual rows and
     GEMM's class-1 parameters too) outside its buffer. A failed instruction is skipped (its
     tokens are still pushed).
@@ -153,10 +160,15 @@ class ComputeUnit(wiring.Component):
         is_post = is_gemm | is_requant
         raw = g.post == PostOp.RAW
         gemm_cls = is_gemm & ~raw & (g.cls_rows != 0)     # row classes: two sets per tile
+        gemm_res = is_gemm & ~raw & g.residual            # residual rows after each tile's weights
+        convert = g.post == PostOp.CONVERT
+        gemm_two_words = g.wide | (convert & (g.target == ConvertTarget.INT16))  # INT16 results
         # REQUANT: ``wide`` gives 2 output words per tile of lanes columns, ``wide`` or
         # ``residual`` the 13-word parameter sets; each tile has 4 INT32 input words per row.
+        # GEMM's REQUANT post op takes the same options (``g.wide``, ``g.residual``).
         rq_tiles = Mux(v.wide, v.words >> 1, v.words)
-        rq_wide_params = is_requant & (v.wide | v.residual)
+        wide_params = Mux(is_gemm, g.wide | g.residual, is_requant & (v.wide | v.residual))
+        gemm_param_words = Mux(wide_params, g.n_tiles * PARAM_WORDS_WIDE, g.n_tiles * PARAM_WORDS)
         # LAYERNORM with ``wide``: INT16 rows, 2 input words per output word.
         ln_wide = is_layernorm & v.wide
         row_in_words = Mux(ln_wide, v.words << 1, v.words)
@@ -166,10 +178,16 @@ class ComputeUnit(wiring.Component):
 
         # -- Checks --------------------------------------------------------------------------
         max_mode = MatmulMode.E5M2_E4M3.value if self._fp8 else MatmulMode.UINT8.value
+        # CONVERT: FP32 results only (an FP8 mode), none of REQUANT's options, targets 0-2.
+        convert_bad = convert & ((g.mode.as_value() < MatmulMode.E4M3.value) | g.wide | g.residual
+                                 | (g.target.as_value() == 3))
+        if not (self._fp8 and self._requantizer):     # no converters
+            convert_bad = convert
         gemm_bad = ((g.m == 0) | (g.m > self._max_rows) | (g.k_tiles == 0) | (g.n_tiles == 0)
-                    | (g.mode.as_value() > max_mode) | (g.post.as_value() == 3)
+                    | (g.mode.as_value() > max_mode) | convert_bad
                     | (g.out_bank == Bank.COUNTERS)
-                    | ((g.cls_rows != 0) & ((g.cls_rows >= g.m) | raw)))
+                    | ((g.cls_rows != 0) & ((g.cls_rows >= g.m) | raw))
+                    | ((g.wide | g.residual) & raw) | (g.wide & (g.post == PostOp.REQUANT_ACT)))
         vector_bad = ((v.rows == 0) | (v.words == 0) | (v.dst_bank == Bank.COUNTERS)
                       | (is_softmax & ((row_elements > self._max_length) | (v.length > row_elements)))
                       | (is_layernorm & (row_elements > self._max_hidden))
@@ -198,7 +216,7 @@ class ComputeUnit(wiring.Component):
         out_bank = Mux(is_gemm, g.out_bank, v.dst_bank)
         out_limit = depth_of(out_bank)
         inp_depth, wgt_depth = self._depths[Bank.INP], self._depths[Bank.WGT]
-        m.submodules.check = check = RangeCheck(5)
+        m.submodules.check = check = RangeCheck(6)
         check.connect_extents([
             Extent(Mux(is_table, tbl.base, Mux(is_gemm, g.a_base, v.src_base)),
                    Mux(is_table, 1, Mux(is_gemm, g.m, v.rows)),
@@ -208,16 +226,19 @@ class ComputeUnit(wiring.Component):
             Extent(g.w_base, Mux(g.transpose_w, g.n_tiles, g.k_tiles) << log_n, g.w_stride,
                    Mux(g.transpose_w, g.k_tiles, g.n_tiles), wgt_depth, enable=is_gemm),
             Extent(Mux(is_gemm, g.param_base, v.param_base), 1, 0,
-                   Mux(is_gemm, g.n_tiles * PARAM_WORDS,
-                       Mux(rq_wide_params, rq_tiles * PARAM_WORDS_WIDE, rq_tiles * PARAM_WORDS)),
+                   Mux(is_gemm, gemm_param_words,
+                       Mux(wide_params, rq_tiles * PARAM_WORDS_WIDE, rq_tiles * PARAM_WORDS)),
                    wgt_depth, enable=(is_gemm & ~raw) | is_requant),
-            # REQUANT's residual rows, or GEMM's class-1 parameters (never both).
-            Extent(Mux(is_gemm, g.cls_param_base, v.res_base), Mux(is_gemm, 1, v.rows),
-                   Mux(is_gemm, 0, v.res_stride), Mux(is_gemm, g.n_tiles * PARAM_WORDS, rq_tiles),
-                   wgt_depth, enable=Mux(is_gemm, gemm_cls, is_requant & v.residual)),
+            # The residual rows (REQUANT or GEMM).
+            Extent(Mux(is_gemm, g.res_base, v.res_base), Mux(is_gemm, g.m, v.rows),
+                   Mux(is_gemm, g.res_stride, v.res_stride), Mux(is_gemm, g.n_tiles, rq_tiles),
+                   wgt_depth, enable=gemm_res | (is_requant & v.residual)),
+            # GEMM's class-1 parameters.
+            Extent(g.cls_param_base, 1, 0, gemm_param_words, wgt_depth, enable=gemm_cls),
             Extent(Mux(is_gemm, g.out_base, v.dst_base), Mux(is_gemm, g.m, v.rows),
                    Mux(is_gemm, g.out_stride, v.dst_stride),
-                   Mux(is_gemm, Mux(raw, g.n_tiles << 2, g.n_tiles), v.words), out_limit,
+                   Mux(is_gemm, Mux(raw, g.n_tiles << 2, Mux(gemm_two_words, g.n_tiles << 1, g.n_tiles)),
+                       v.words), out_limit,
                    enable=is_gemm | is_vector),
         ])
         m.d.comb += check.start.eq(control.start)
@@ -231,7 +252,7 @@ class ComputeUnit(wiring.Component):
                                                             tag_width=2)
         m.submodules.transposer = transposer = WeightTransposer(n)
         m.submodules.post = post = PostProcessor(lanes=n, max_rows=self._max_rows,
-                                                 requantize=self._requantizer)
+                                                 requantize=self._requantizer, convert=self._fp8)
         vector_units = {
             "activation": Activation(lanes=n),
             "softmax": Softmax(max_length=self._max_length, lanes=n),
@@ -269,9 +290,10 @@ class ComputeUnit(wiring.Component):
             post.out_stride.eq(Mux(is_gemm, g.out_stride, v.dst_stride)),
             post.m.eq(Mux(is_gemm, g.m, v.rows)),
             post.n_tiles.eq(Mux(is_gemm, g.n_tiles, rq_tiles)),
-            post.wide.eq(is_requant & v.wide),
-            post.residual_en.eq(is_requant & v.residual),
+            post.wide.eq(Mux(is_gemm, g.wide, is_requant & v.wide)),
+            post.residual_en.eq(Mux(is_gemm, g.residual, is_requant & v.residual)),
             post.cls_rows.eq(Mux(gemm_cls, g.cls_rows, 0)),
+            post.target.eq(g.target),
             post.params.payload.eq(param_fifo.r_data), post.params.valid.eq(param_fifo.r_rdy),
             param_fifo.r_en.eq(post.params.ready),
             post.residual.payload.eq(residual_fifo.r_data),
@@ -400,9 +422,9 @@ class ComputeUnit(wiring.Component):
         wdata = wgt_reader.data
         collected = Signal(range(PARAM_WORDS_WIDE))
         param_words = Signal(PARAM_WORDS_WIDE * word_bits)
-        param_last = Mux(rq_wide_params, PARAM_WORDS_WIDE - 1, PARAM_WORDS - 1)
+        param_last = Mux(wide_params, PARAM_WORDS_WIDE - 1, PARAM_WORDS - 1)
         param_set = decode_param_words(m, Cat(param_words[word_bits:], wdata.payload.data),
-                                       rq_wide_params, n)
+                                       wide_params, n)
         m.d.comb += [transposer.i.payload.eq(wdata.payload.data),
                      tables.words.payload.eq(wdata.payload.data)]
         with m.If(g.transpose_w):
@@ -448,6 +470,8 @@ class ComputeUnit(wiring.Component):
         c_ptr = Signal(16)      # the class-1 parameters (gemm_cls)
         c_phase = Signal()      # reading tile w_j's class-1 set (before its normal one)
         tiles = Mux(is_gemm, g.n_tiles, rq_tiles)
+        res_rows = Mux(is_gemm, g.m, v.rows)
+        res_stride = Mux(is_gemm, g.res_stride, v.res_stride)
         m.d.comb += [
             engine.cmd.payload.mode.eq(g.mode),
             engine.cmd.payload.rows.eq(g.m),
@@ -498,13 +522,21 @@ class ComputeUnit(wiring.Component):
                 m.d.comb += [wgt_reader.addr.valid.eq(1), wgt_reader.addr.payload.addr.eq(w_ptr),
                              wgt_reader.addr.payload.tag.eq(_TAG_RESIDUAL)]
                 with m.If(wgt_reader.addr.ready):
-                    m.d.sync += [w_ptr.eq(w_ptr + v.res_stride), w_i.eq(w_i + 1)]
-                    with m.If(w_i == v.rows - 1):
-                        m.d.sync += [w_i.eq(0), w_j.eq(w_j + 1)]
-                        with m.If(w_j == tiles - 1):
-                            m.next = "IDLE"
+                    m.d.sync += [w_ptr.eq(w_ptr + res_stride), w_i.eq(w_i + 1)]
+                    with m.If(w_i == res_rows - 1):
+                        m.d.sync += w_i.eq(0)
+                        with m.If(is_gemm):
+                            # GEMM: w_j already counts the tile whose weights were just read.
+                            with m.If(w_j == tiles):
+                                m.next = "IDLE"
+                            with m.Else():
+                                m.next = "PARAMS"
                         with m.Else():
-                            m.next = "PARAMS"
+                            m.d.sync += w_j.eq(w_j + 1)
+                            with m.If(w_j == tiles - 1):
+                                m.next = "IDLE"
+                            with m.Else():
+                                m.next = "PARAMS"
             with m.State("CMD"):
                 m.d.comb += engine.cmd.valid.eq(1)
                 with m.If(engine.cmd.ready):
@@ -524,7 +556,11 @@ class ComputeUnit(wiring.Component):
                             m.d.sync += [w_kt.eq(0), w_j.eq(w_j + 1),
                                          w_tile_base.eq(w_tile_base
                                                         + Mux(g.transpose_w, g.w_stride << log_n, 1))]
-                            with m.If(w_j == g.n_tiles - 1):
+                            with m.If(gemm_res):
+                                # Tile j's residual rows, taken as its rows come out.
+                                m.d.sync += w_ptr.eq(g.res_base + w_j)
+                                m.next = "RESIDUAL"
+                            with m.Elif(w_j == g.n_tiles - 1):
                                 m.next = "IDLE"
                             with m.Elif(~raw):
                                 m.next = "PARAMS"

@@ -4,8 +4,9 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..isa import PARAM_WORDS, PARAM_WORDS_WIDE, Bank, PostOp
+from ..isa import PARAM_WORDS, PARAM_WORDS_WIDE, Bank, ConvertTarget, PostOp
 from ..matmul.engine import result_row_layout
+from ..numerics.fp32_converter import FP32Converter
 from ..numerics.requantizer import Requantizer
 from .write_port import buffer_write_layout
 
@@ -69,10 +70,15 @@ class PostProcessor(wiring.Component):
       (the rest), little-endian; with ``residual_en`` one ``residual`` word (INT8 per
       column) is taken with every row and ``residual * d`` added to the accumulators;
     - ``REQUANT_ACT``: the same (INT8 only), then the activation table (an
-      :class:`~rtl.activation.Activation` outside, through ``act_i`` and ``act_o``).
+      :class:`~rtl.activation.Activation` outside, through ``act_i`` and ``act_o``);
+    - ``CONVERT`` (FP32 rows of the FP8 modes): ``lanes`` :class:`~rtl.numerics.
+      fp32_converter.FP32Converter` lanes, each value times ``2**shift`` (tile j's
+      parameter ``shift`` per column) to ``target``: E4M3 codes or INT8 values (one word
+      per row) or INT16 values (two words, as ``wide``).
 
     With ``requantize=False`` no requantizer is built: only ``RAW`` works (the compute
-    unit rejects the other post ops first).
+    unit rejects the other post ops first); with ``convert=False`` no converter is built
+    (the compute unit rejects ``CONVERT``).
 
     Configure while idle, pulse ``start``; ``done`` pulses after the last word is
     accepted on ``write``. ``engine_error`` pulses for a row the engine flagged,
@@ -80,9 +86,10 @@ class PostProcessor(wiring.Component):
     counts the lanes that saturated in a written word.
     """
 
-    def __init__(self, *, lanes, max_rows, requantize=True):
+    def __init__(self, *, lanes, max_rows, requantize=True, convert=False):
         self._lanes = lanes
         self._requantize = bool(requantize)
+        self._convert = bool(convert) and self._requantize
         word_bits = 8 * lanes
         super().__init__({
             "start": In(1),
@@ -95,6 +102,7 @@ class PostProcessor(wiring.Component):
             "wide": In(1),
             "residual_en": In(1),
             "cls_rows": In(16),
+            "target": In(ConvertTarget),
             "rows": In(stream.Signature(result_row_layout(lanes))),
             "params": In(stream.Signature(param_set_layout(lanes))),
             "residual": In(stream.Signature(data.ArrayLayout(signed(8), lanes))),
@@ -112,7 +120,10 @@ class PostProcessor(wiring.Component):
         lanes = self._lanes
         raw = self.post == PostOp.RAW
         activate = self.post == PostOp.REQUANT_ACT
-        wide = ~raw & self.wide
+        convert = Signal()
+        if self._convert:
+            m.d.comb += convert.eq(self.post == PostOp.CONVERT)
+        wide = ~raw & Mux(convert, self.target == ConvertTarget.INT16, self.wide)
 
         # -- Output address sequence (rows in tile-major order, 4 words per raw row) -------
         row = Signal(16)
@@ -185,10 +196,17 @@ class PostProcessor(wiring.Component):
             m.submodules[f"requantizer_{c}"] = rq
             requantizers.append(rq)
         lead = requantizers[0]
+        converters = []
+        if self._convert:
+            for c in range(lanes):
+                cv = FP32Converter()
+                m.submodules[f"converter_{c}"] = cv
+                converters.append(cv)
         residual_ok = self.residual.valid | ~self.residual_en
         feed = ~raw & self.rows.valid & self.params.valid & residual_ok
+        lane_ready = Mux(convert, converters[0].i.ready, lead.i.ready) if converters else lead.i.ready
         with m.If(~raw):
-            m.d.comb += self.rows.ready.eq(lead.i.ready & self.params.valid & residual_ok)
+            m.d.comb += self.rows.ready.eq(lane_ready & self.params.valid & residual_ok)
             # Row classes: the first set of a tile serves rows < cls_rows, popped after
             # row cls_rows - 1; the second the rest, popped after the tile's last row.
             cls_last = (self.cls_rows != 0) & (in_row == self.cls_rows - 1)
@@ -200,7 +218,7 @@ class PostProcessor(wiring.Component):
         shift_error = Signal(lanes)
         for c, rq in enumerate(requantizers):
             m.d.comb += [
-                rq.i.valid.eq(feed),
+                rq.i.valid.eq(feed & ~convert),
                 rq.i.payload.accumulator.eq(self.rows.payload.values[c]),
                 rq.i.payload.bias.eq(self.params.payload.bias[c]),
                 rq.i.payload.multiplier.eq(self.params.payload.multiplier[c]),
@@ -214,10 +232,30 @@ class PostProcessor(wiring.Component):
                 saturated[c].eq(rq.o.payload.saturated),
                 shift_error[c].eq(rq.o.payload.error),
             ]
-        rq_valid = lead.o.valid
+        rq_valid = Signal()
         rq_ready = Signal()
+        m.d.comb += rq_valid.eq(lead.o.valid)
         for rq in requantizers:
             m.d.comb += rq.o.ready.eq(rq_ready)
+        if converters:
+            # CONVERT: the converters' codes take the requantizers' place on the way out.
+            with m.If(convert):
+                m.d.comb += rq_valid.eq(converters[0].o.valid)
+            for c, cv in enumerate(converters):
+                m.d.comb += [
+                    cv.i.valid.eq(feed & convert),
+                    cv.i.payload.value.eq(self.rows.payload.values[c]),
+                    cv.i.payload.shift.eq(self.params.payload.shift[c]),
+                    cv.i.payload.target.eq(self.target),
+                    cv.o.ready.eq(rq_ready),
+                ]
+                with m.If(convert):
+                    m.d.comb += [
+                        values[c].eq(cv.o.payload.code[:8]),
+                        values16[c].eq(cv.o.payload.code),
+                        saturated[c].eq(cv.o.payload.saturated),
+                        shift_error[c].eq(cv.o.payload.shift_error),
+                    ]
         rq_taken = rq_valid & rq_ready
         m.d.comb += [
             self.shift_error.eq(rq_taken & (shift_error != 0)),
