@@ -117,6 +117,22 @@ def test_convert_shift_beyond_the_converters_is_an_error(accelerator):
                           np.full((3, 3), 8))
 
 
+def test_matmul_with_k_beyond_half_the_weight_buffer(accelerator):
+    """K = 2,200 (2,200 WGT words per output tile, half of WGT is 2,048): the blocks use the
+    whole buffer one after the other; RAW, REQUANT with a residual, CONVERT."""
+    rng = np.random.default_rng(21)
+    a, w = random_codes(rng, (9, 2200), 0), random_codes(rng, (2200, 9), 0)
+    assert np.array_equal(accelerator.matmul(a, w, 0), golden_matmul(a, w, 0))
+    x, w8, kwargs, expected = residual_linear_case(rng, 9, 2200, 9, 2, True, True)
+    assert np.array_equal(accelerator.linear(x, w8, **kwargs), expected)
+    from sim.golden import fp_convert
+    a, w = random_codes(rng, (6, 2200), 2) & 0xBB, random_codes(rng, (2200, 5), 2) & 0xBB
+    got = accelerator.matmul(a, w, MatmulMode.E4M3, to="int16", shift=-4)
+    assert np.array_equal(got, fp_convert.fp32_to_int16(golden_matmul(a, w, MatmulMode.E4M3), -4))
+    with pytest.raises(ValueError, match="too large for the weight buffer"):
+        accelerator.matmul(np.zeros((2, 4100), int), np.zeros((4100, 3), int), 0)
+
+
 def test_matmul_many_blocks_and_row_chunks(accelerator):
     # K = 256 fills a weight half with 8 tiles: N = 50 needs 2 blocks; M = 300 needs 3 chunks.
     rng = np.random.default_rng(7)
