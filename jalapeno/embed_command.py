@@ -36,17 +36,18 @@ def _embed(args):
         if args.target != "sim":
             raise _UsageError(f"--target {args.target}: MiniLM needs its 22 MB of weights in the "
                               "core's external memory; only the simulated core ('sim') has it")
-        if args.dtype == "e4m3":
-            raise _UsageError("--dtype e4m3: the E4M3 program needs the FP32 -> E4M3 converters, "
-                              "which the core does not have yet (the golden model exists: "
-                              "scripts/minilm_accuracy.py); use --dtype int8")
+        from sim.core_model import PRESETS
+        core = args.core or ("full" if args.dtype == "e4m3" else "int8")
+        if args.dtype == "e4m3" and not PRESETS[core].fp8:
+            raise _UsageError(f"--dtype e4m3 needs a core with the FP8 modes (--core full), "
+                              f"not --core {core}")
         from .minilm.quantize import load_or_build
         from .minilm.service import embed_sentences, open_simulator
         progress = None if args.quiet else _say
         if progress:
             progress(f"loading the {args.dtype.upper()} model (built and cached on first use)")
         model = load_or_build(args.dtype)
-        transport, accelerator = open_simulator(args.core, progress=progress)
+        transport, accelerator = open_simulator(core, progress=progress)
         with transport:
             embeddings, stats = embed_sentences(accelerator, model, args.sentences,
                                                 progress=progress)
@@ -77,9 +78,10 @@ def add_embed_parser(sub):
                    help="quantized program (default: int8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--target", default="sim", help="where to run (only 'sim')")
-    p.add_argument("--core", default="int8", choices=("int8", "full", "small"),
+    p.add_argument("--core", default=None, choices=("int8", "full", "small"),
                    help="core configuration of the simulation (default: int8, the 16 x 16 "
-                        "core without FP8 modes; full: with them; small: 4 x 4)")
+                        "core without FP8 modes, for --dtype int8; full, with them, for "
+                        "--dtype e4m3; small: 4 x 4)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_embed)
     return p

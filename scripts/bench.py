@@ -165,6 +165,28 @@ def bench_minilm_device(results):
     })
 
 
+def bench_minilm_e4m3_device(results):
+    """The FP8 (E4M3) program on the 16 x 16 core with the FP8 modes (the `full` preset; the
+    `make demo` sentences): CONVERT post ops after every FP8 GEMM, bit-exact with the golden."""
+    from jalapeno.minilm.quantize import load_or_build
+    from jalapeno.minilm.service import embed_sentences, open_simulator
+    from jalapeno.minilm.tokenizer import encode
+    from scripts.demo import SENTENCES
+    from sim.golden.minilm_quantized import embed_e4m3
+
+    model = load_or_build("e4m3")
+    transport, accelerator = open_simulator("full", progress=print)
+    with transport:
+        embeddings, stats = embed_sentences(accelerator, model, SENTENCES)
+    golden = embed_e4m3(model, encode(SENTENCES))
+    s = stats.as_dict()
+    results.update({
+        "minilm.e4m3.utilization": s["mac_utilization"],
+        "minilm.e4m3.cycles": s["cycles"],
+        "minilm.e4m3.device_equals_golden": int(np.array_equal(embeddings, golden)),
+    })
+
+
 def bench_minilm_serving(results):
     """all-MiniLM-L6-v2 under load: the first 32 test sentences submitted at once (the
     scheduler's queue depth) to the 16 x 16 core's RTL, batched by the hardware scheduler
@@ -212,6 +234,7 @@ def main(argv=None):
     benches = (bench_unit_latency, bench_pysim_speed, bench_verilator_speed,
                bench_synthesis, bench_softmax, bench_layernorm, bench_scheduler, bench_matmul,
                bench_core, bench_minilm_accuracy, bench_minilm_device, bench_minilm_serving,
+               bench_minilm_e4m3_device,
                bench_fpga)
     if args.only:
         known = {b.__name__.removeprefix("bench_"): b for b in benches}

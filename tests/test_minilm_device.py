@@ -3,6 +3,7 @@ equals the golden interpreter bit for bit, batched over several sentences; ``jal
 rejects bad input with one line and exit status 2."""
 
 import dataclasses
+import types
 
 import numpy as np
 import pytest
@@ -58,34 +59,53 @@ def test_first_layer_batched_equals_golden(accelerator, model):
         assert mismatches == 0, f"{name}: {mismatches} mismatches"
         compared += 1
     # every op of the layer was checked: embedding, both LayerNorm copies, QKV, context,
-    # the residual requantizers, GELU, the FFN (QKV and the FFN's first MatMul run fused
-    # with their requantization by row class: their INT32 outputs are never formed)
-    required = ("e16", "x_mm", "x_res", "qkv", "ctx", "r1_acc", "r1", "h_mm", "h_res", "u",
-                "g", "r2_acc", "r2")
+    # the residual requantizers, GELU, the FFN (every MatMul runs fused with its
+    # requantization, INT16 and residual add included: no INT32 output is formed)
+    required = ("e16", "x_mm", "x_res", "qkv", "ctx", "r1", "h_mm", "h_res", "u", "g", "r2")
     for name in required:
         assert name in trace, name
-    assert "qkv_acc" not in trace and "u_acc" not in trace
+    assert not {"qkv_acc", "u_acc", "r1_acc", "r2_acc"} & set(trace)
     assert compared == len(trace) >= len(required)
     assert stats.by_op.get("MatMul+Requantize", 0) > 0
     assert stats.rows == sum(len(i) for i in ids) and stats.sequences == 3
     assert stats.cycles > 0 and 0 < stats.mac_utilization <= 1
 
 
-def test_classed_requantizations_are_fused_in_every_layer(accelerator, model):
-    # Every layer reuses the tensor names (qkv_acc, u_acc): fusing must look at liveness
+def test_requantizations_are_fused_in_every_layer(accelerator, model):
+    # Every layer reuses the tensor names (qkv_acc, u_acc, ...): fusing must look at liveness
     # up to the next write, not at any later op with the same input name.
     steps = ProgramExecutor(accelerator, model)._ops(None)
     fused = [s for s in steps if type(s).__name__ == "_Linear"]
     layers = {op.layer for op in model.program if getattr(op, "layer", -1) >= 0}
     assert sorted((s.layer, s.requantize.out) for s in fused) == sorted(
-        (layer, out) for layer in layers for out in ("qkv", "u"))
-    assert not any(isinstance(s, mq.Requantize) and s.inp in ("qkv_acc", "u_acc") for s in steps)
+        (layer, out) for layer in layers for out in ("qkv", "u", "r1", "r2"))
+    assert not any(isinstance(s, (mq.MatMul, mq.Requantize)) for s in steps)
 
 
-def test_e4m3_program_is_a_clear_error(accelerator):
+def test_e4m3_first_layer_batched_equals_golden(accelerator):
+    """The FP8 program's layer 0 on the core (CONVERT post ops, bias rows through ONES, the
+    FP8 attention chain): every tensor equals the golden interpreter's."""
+    model = load_or_build("e4m3")
+    ids = encode(SENTENCES)
+    trace = {}
+    _, stats = ProgramExecutor(accelerator, model).run(ids, trace=trace, layers=1)
+    goldens = [_golden_layer_trace(model, i, 1) for i in ids]
+    for name, value in trace.items():
+        expected = np.concatenate([g[name] for g in goldens])
+        mismatches = int(np.count_nonzero(value.astype(np.int64) != expected.astype(np.int64)))
+        assert mismatches == 0, f"{name}: {mismatches} mismatches"
+    # the FP32 sums and the attention intermediates stay on the core
+    for name in ("x", "x_e", "x_hi", "x_lo", "qkv", "ctx", "r1", "h", "u", "g", "r2"):
+        assert name in trace, name
+    assert not {"qkv_acc", "r1_acc", "u_acc", "r2_acc"} & set(trace)
+    assert stats.by_op.get("MatMul+Convert", 0) > 0 and stats.by_op.get("Attention", 0) > 0
+
+
+def test_e4m3_program_needs_the_fp8_modes():
     fake = mq.QuantizedMiniLM(dtype="e4m3", program=(), params={})
-    with pytest.raises(NotImplementedError, match="E4M3"):
-        ProgramExecutor(accelerator, fake)
+    core = types.SimpleNamespace(fp8=False, requantizer=True)
+    with pytest.raises(ValueError, match="FP8 modes"):
+        ProgramExecutor(core, fake)
 
 
 def test_empty_batch_is_an_error(accelerator, model):
@@ -96,7 +116,7 @@ def test_empty_batch_is_an_error(accelerator, model):
 @pytest.mark.parametrize("argv, message", [
     (["embed"], "at least one SENTENCE"),
     (["embed", "  "], "empty"),
-    (["embed", "--dtype", "e4m3", "Hello."], "E4M3"),
+    (["embed", "--dtype", "e4m3", "--core", "int8", "Hello."], "FP8 modes"),
     (["embed", "--target", "ulx3s", "Hello."], "only the simulated core"),
 ])
 def test_embed_command_rejects_bad_input(capsys, argv, message):

@@ -9,11 +9,12 @@ program of hardware ops that ``jalapeno/minilm/quantize.py`` builds) and runs it
 sum(T_i) rows, the sequences' tokens concatenated: every row-wise op (GEMM, requantizer,
 LayerNorm, activation) runs once over all rows, attention per sequence and head (all of a
 layer's heads in one program).
-Row classes (a second parameter set for the first row of each sequence, [CLS]) become
-two instructions over the rows of each class, except where a MatMul's INT32 output goes only
-to a Requantize by row class: the two run as one ``linear`` whose GEMMs requantize their
-first ``cls_rows`` rows (the [CLS] rows, permuted to the top) with the class-1 parameters;
-the MatMul's INT32 output is then never formed (nor traced).
+Row classes (a second parameter set for the first row of each sequence, [CLS]): the rows
+are permuted so the [CLS] rows come first, and the instructions' ``cls_rows`` field points
+them at the class-1 parameters (one program). A MatMul whose INT32 output goes only to a
+Requantize or Requantize16 (INT16, with the residual add) runs with it as one ``linear``:
+the GEMMs requantize in their post op, so the MatMul's INT32 output is never formed (nor
+traced).
 
 Op mapping (each on the RTL; only the embedding lookup and the pooling run on the host):
 
@@ -21,8 +22,8 @@ Op mapping (each on the RTL; only the embedding lookup and the pooling run on th
 program ops                                        accelerator
 =================================================  =============================================
 MatMul                                             ``matmul`` (passes concatenated along K)
-MatMul -> Requantize by row class (INT8 mode)      one ``linear`` with ``cls_rows``: the rows
-                                                   permuted so the [CLS] rows come first
+MatMul -> Requantize / Requantize16 (+ residual)  one ``linear`` (``out_bits=16``,
+(INT8 mode)                                        ``residual``; ``cls_rows`` by row class)
 AttnScores -> Requantize (per head) -> Softmax     ``attention_heads``: every sequence and head
 -> AttnContext -> Requantize (context)             in one program, S and P stay on chip
 Requantize / Requantize16 (+ residual)             ``requantize`` (``out_bits=16``, ``residual``)
@@ -32,14 +33,29 @@ Activation (column groups)                         ``activation_blocks``: every 
 HostEmbed, HostPool                                host
 =================================================  =============================================
 
-The FP8 (E4M3) program needs the FP32 -> E4M3 / INT converters, which the core does not
-have yet: running it raises ``NotImplementedError``.
+**The FP8 (E4M3) program** runs on a core built with the FP8 modes (the ``full`` preset):
+
+=================================================  =============================================
+program ops                                        accelerator
+=================================================  =============================================
+MatMul (E4M3; bias rows: the ``ONES`` operand)     ``matmul(..., to=...)``: the GEMM's CONVERT
+-> ToE4M3 / ToInt                                  post op, FP32 sums never leave the core;
+                                                   ``ONES`` passes are columns of the constant
+                                                   E4M3 code in A
+AttnScores -> ToInt (per head) -> Softmax          per sequence and head: ``matmul(to="int8")``
+-> Activation (P to E4M3 hi, lo) -> AttnContext    for the scores, ``softmax`` per head over all
+-> ToE4M3                                          sequences, each P table once over all heads
+                                                   and sequences, ``matmul(to="e4m3")`` over the
+                                                   P parts for the context
+LayerNorm16, Activation                            as in the INT8 program
+=================================================  =============================================
 """
 
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from rtl.matmul.mode import MatmulMode
 from sim.golden import minilm_quantized as mq
 
 from ..accelerator import AttentionHead
@@ -102,10 +118,11 @@ class ProgramExecutor:
     """
 
     def __init__(self, accelerator, model):
-        if model.dtype != "int8":
-            raise NotImplementedError(
-                f"the {model.dtype.upper()} program needs the FP32 -> E4M3 / INT converters, "
-                "which the core does not have yet; use the INT8 program")
+        if model.dtype not in ("int8", "e4m3"):
+            raise ValueError(f"unknown program dtype {model.dtype!r}")
+        if model.dtype == "e4m3" and not (accelerator.fp8 and accelerator.requantizer):
+            raise ValueError("the E4M3 program needs a core with the FP8 modes and their "
+                             "converters (the 'full' preset: --core full)")
         self.accelerator = accelerator
         self.model = model
         self._check_fits()
@@ -167,7 +184,14 @@ class ProgramExecutor:
         i = 0
         while i < len(ops):
             op = ops[i]
-            if isinstance(op, mq.AttnScores):
+            if isinstance(op, mq.AttnScores) and MatmulMode(op.mode).is_fp8:
+                chain = _fp8_attention_chain(ops, i)
+                steps.append(_AttentionFP8(*chain))
+                i += len(chain)
+            elif self._convertible(op, ops[i + 1] if i + 1 < len(ops) else None, ops[i + 2:]):
+                steps.append(_Convert(op, ops[i + 1]))
+                i += 2
+            elif isinstance(op, mq.AttnScores):
                 chain = ops[i:i + 5]
                 kinds = [type(o) for o in chain]
                 if kinds != [mq.AttnScores, mq.Requantize, mq.Softmax, mq.AttnContext,
@@ -183,25 +207,29 @@ class ProgramExecutor:
                 i += 1
         return steps
 
+    def _convertible(self, matmul, nxt, later):
+        """An FP8 MatMul whose FP32 output only feeds the next op, a ToE4M3 or ToInt (per
+        column): one ``matmul(to=...)``."""
+        if (not isinstance(matmul, mq.MatMul) or not MatmulMode(matmul.mode).is_fp8
+                or type(nxt) not in (mq.ToE4M3, mq.ToInt) or nxt.inp != matmul.out
+                or getattr(nxt, "per_head", False)):
+            return False
+        return _dead_after(matmul.out, later)
+
     def _fusable(self, matmul, nxt, later):
-        """A MatMul whose INT32 output only feeds the next op, a (8-bit) Requantize with two
-        row classes of parameters: one ``linear`` with ``cls_rows``."""
-        from rtl.matmul.mode import MatmulMode
-        if (not isinstance(matmul, mq.MatMul) or type(nxt) is not mq.Requantize
+        """A MatMul whose INT32 output only feeds the next op, a Requantize (INT8) or
+        Requantize16 (INT16, with or without the residual) per channel, with one parameter set
+        or two row classes of them: one ``linear`` (the INT32 sums never leave the core)."""
+        if (not isinstance(matmul, mq.MatMul) or type(nxt) not in (mq.Requantize, mq.Requantize16)
                 or nxt.inp != matmul.out or nxt.per_head
                 or MatmulMode(matmul.mode) != MatmulMode.INT8):
             return False
         names = ("bias", "multiplier", "shift", "zero_point")
         params = self.model.params
-        shapes = [np.shape(params[f"{nxt.params}.{n}"]) for n in names]
-        if any(len(shape) != 2 or shape[0] != 2 for shape in shapes):
+        shapes = {np.shape(params[f"{nxt.params}.{n}"])[:-1] for n in names}
+        if not shapes <= {(), (2,)}:
             return False
-        for op in later:        # no later read of this MatMul's output before it is rewritten
-            if _reads(op, matmul.out):
-                return False
-            if _writes(op, matmul.out):
-                break
-        return True
+        return _dead_after(matmul.out, later)
 
     def _execute(self, op, ctx):
         if isinstance(op, mq.HostEmbed):
@@ -212,6 +240,8 @@ class ProgramExecutor:
             mq.MatMul: self._matmul,
             _Linear: self._linear,
             _Attention: self._attention,
+            _Convert: self._convert,
+            _AttentionFP8: self._attention_fp8,
             mq.Requantize: self._requantize,
             mq.Requantize16: self._requantize,
             mq.LayerNorm16: self._layernorm,
@@ -221,8 +251,8 @@ class ProgramExecutor:
             raise NotImplementedError(f"{type(op).__name__} has no hardware mapping yet")
         before = ctx.stats.cycles
         handler(op, ctx)
-        name = {_Attention: "Attention", _Linear: "MatMul+Requantize"}.get(type(op),
-                                                                           type(op).__name__)
+        name = {_Attention: "Attention", _AttentionFP8: "Attention", _Linear: "MatMul+Requantize",
+                _Convert: "MatMul+Convert"}.get(type(op), type(op).__name__)
         ctx.stats.by_op[name] = ctx.stats.by_op.get(name, 0) + ctx.stats.cycles - before
         return None
 
@@ -263,28 +293,54 @@ class ProgramExecutor:
         self._account(ctx, a.shape[0] * a.shape[1] * w.shape[1])
 
     def _linear(self, step, ctx):
-        """MatMul -> Requantize by row class as one ``linear``: class-1 rows first."""
+        """MatMul -> Requantize(16) as one ``linear``; by row class with the class-1 rows
+        first; INT16 and the residual in the GEMM's post op."""
         a, w = self._operands(step.matmul, ctx)
-        params = self.model.params
-        p = {n: np.asarray(params[f"{step.requantize.params}.{n}"])
-             for n in ("bias", "multiplier", "shift", "zero_point")}
-        order, cls_rows = self._class_order(ctx)
-        y = self.accelerator.linear(
-            a[order], w, mode=step.matmul.mode, cls_rows=cls_rows,
-            **{n: v[0] for n, v in p.items()}, **{f"cls_{n}": v[1] for n, v in p.items()})
+        rq = step.requantize
+        kwargs = self._requant_kwargs(rq, ctx)
+        order = kwargs.pop("order")
+        y = self.accelerator.linear(a[order], w, mode=step.matmul.mode, **kwargs)
         out = np.empty(y.shape, dtype=np.int64)
         out[order] = y
-        ctx.tensors[step.requantize.out] = out
+        ctx.tensors[rq.out] = out
         self._account(ctx, a.shape[0] * a.shape[1] * w.shape[1])
+
+    def _requant_kwargs(self, op, ctx):
+        """A Requantize(16)'s parameters as ``linear`` / ``requantize`` keywords, with the
+        row ``order`` they apply to: with two parameter sets the class-1 rows first
+        (``cls_rows``)."""
+        params = self.model.params
+        p = {n: np.asarray(params[f"{op.params}.{n}"]) for n in
+             ("bias", "multiplier", "shift", "zero_point")}
+        kwargs = {}
+        if isinstance(op, mq.Requantize16):
+            kwargs["out_bits"] = 16
+        if p["bias"].ndim == 2:
+            order, ones = self._class_order(ctx)
+            kwargs.update({n: v[0] for n, v in p.items()})
+            kwargs.update({f"cls_{n}": v[1] for n, v in p.items()})
+            kwargs["cls_rows"] = ones
+        else:
+            order = np.arange(len(ctx.classes))
+            kwargs.update(p)
+        if isinstance(op, mq.Requantize16) and op.residual:
+            kwargs["residual"] = ctx.tensors[op.residual][order]
+            kwargs["residual_multiplier"] = params[f"{op.params}.d"]
+        kwargs["order"] = order
+        return kwargs
 
     def _operands(self, op, ctx):
         """A MatMul's passes concatenated along K: (A codes, W codes)."""
         params = self.model.params
         a_parts, w_parts = [], []
+        rows = len(ctx.classes)
         for entry in op.passes:
             a_name, w_name = entry[0], entry[1]
-            if a_name == mq.ONES:
-                raise NotImplementedError("bias passes (ONES) belong to the E4M3 program")
+            if a_name == mq.ONES:       # bias rows: a column of the constant code per W row
+                w = params[w_name]
+                a_parts.append(np.full((rows, w.shape[0]), params[f"{w_name}.ones"][()], np.uint8))
+                w_parts.append(w)
+                continue
             a = ctx.tensors[a_name]
             if len(entry) > 2:
                 a = a[:, entry[2][0]:entry[2][1]]
@@ -302,25 +358,9 @@ class ProgramExecutor:
     def _requantize(self, op, ctx):
         """One ``requantize``; with two parameter sets, the class-1 rows permuted first and
         ``cls_rows`` (one program)."""
-        params = self.model.params
         acc = ctx.tensors[op.inp]
-        names = ("bias", "multiplier", "shift", "zero_point")
-        p = {n: np.asarray(params[f"{op.params}.{n}"]) for n in names}
-        wide = isinstance(op, mq.Requantize16)
-        residual = ctx.tensors[op.residual] if wide and op.residual else None
-        kwargs = {"out_bits": 16} if wide else {}
-        if residual is not None:
-            kwargs["residual_multiplier"] = params[f"{op.params}.d"]
-        if p["bias"].ndim == 2 and p["bias"].shape[0] == 2:
-            order, ones = self._class_order(ctx)
-            kwargs.update({n: v[0] for n, v in p.items()})
-            kwargs.update({f"cls_{n}": v[1] for n, v in p.items()})
-            kwargs["cls_rows"] = ones
-        else:
-            order = np.arange(acc.shape[0])
-            kwargs.update(p)
-        if residual is not None:
-            kwargs["residual"] = residual[order]
+        kwargs = self._requant_kwargs(op, ctx)
+        order = kwargs.pop("order")
         out = np.empty(acc.shape, dtype=np.int64)
         out[order] = self.accelerator.requantize(acc[order], **kwargs)
         self._account(ctx)
@@ -350,16 +390,92 @@ class ProgramExecutor:
         self._account(ctx)
         ctx.tensors[op.out] = out
 
+    def _convert(self, step, ctx):
+        """An FP8 MatMul and its ToE4M3 / ToInt as one ``matmul(to=...)``."""
+        a, w = self._operands(step.matmul, ctx)
+        conv = step.convert
+        to = "e4m3" if isinstance(conv, mq.ToE4M3) else f"int{conv.bits}"
+        shift = np.asarray(self.model.params[f"{conv.params}.shift"])
+        y = self.accelerator.matmul(a, w, step.matmul.mode, to=to, shift=shift)
+        ctx.tensors[conv.out] = y if to == "e4m3" else y.astype(np.int64)
+        self._account(ctx, a.shape[0] * a.shape[1] * w.shape[1])
+
+    def _attention_fp8(self, step, ctx):
+        """The FP8 attention chain (see the module docstring): scores and context GEMMs per
+        sequence and head, the softmax per head over all sequences, each P table once."""
+        scores, to_int, softmax, *acts, context, to_e4m3 = step.ops
+        acc = self.accelerator
+        params = self.model.params
+        d, heads = scores.head_dim, scores.heads
+        qkv, v_all = ctx.tensors[scores.inp], ctx.tensors[context.v]
+        s_shift = np.broadcast_to(np.asarray(params[f"{to_int.params}.shift"]).reshape(-1), (heads,))
+        c_shift = np.broadcast_to(np.asarray(params[f"{to_e4m3.params}.shift"]), (heads * d,))
+        tables = np.asarray(params[f"{softmax.params}.table"])
+        blocks = [(h, start, length) for h in range(heads)
+                  for start, length in zip(ctx.starts, ctx.lengths)]
+        width = max(ctx.lengths)
+
+        def cols(base, h):
+            return slice(base + h * d, base + (h + 1) * d)
+        # Scores per sequence and head, to INT8 on the core; softmax per head (all sequences,
+        # rows padded to the longest and masked by their length).
+        probs = np.zeros((heads * sum(ctx.lengths), width), np.int64)
+        row_of = []
+        r = 0
+        for h in range(heads):
+            s_rows, lengths, first = [], [], r
+            for hh, start, length in blocks:
+                if hh != h:
+                    continue
+                rows = slice(start, start + length)
+                s = acc.matmul(qkv[rows, cols(scores.q_start, h)], qkv[rows, cols(scores.k_start, h)].T,
+                               scores.mode, to="int8", shift=int(s_shift[h]))
+                self._account(ctx, length * length * d)
+                padded = np.zeros((length, width), np.int64)
+                padded[:, :length] = s
+                s_rows.append(padded)
+                lengths += [length] * length
+                row_of.append((h, start, length, r))
+                r += length
+            probs[first:r] = acc.softmax(np.concatenate(s_rows), tables[h], lengths=lengths)
+            self._account(ctx)
+        # P through each table (E4M3 hi, lo), all heads and sequences at once.
+        p_signed = np.where(probs >= 128, probs - 256, probs)
+        parts = {}
+        for act in acts:
+            table = np.asarray(params[f"{act.params}.tables"])
+            if act.inp != softmax.out or not act.unsigned_input or table.shape != (1, 256):
+                raise NotImplementedError(f"unsupported activation in the FP8 attention: {act}")
+            parts[act.out] = _codes(acc.activation(p_signed, table[0]))
+            self._account(ctx)
+        names = context.p if isinstance(context.p, tuple) else (context.p,)
+        out = np.zeros((qkv.shape[0], heads * d), np.uint8)
+        for h, start, length, r in row_of:
+            rows = slice(start, start + length)
+            p = np.concatenate([parts[name][r:r + length, :length] for name in names], axis=1)
+            v = _codes(v_all[rows, cols(context.v_start, h)])
+            out[rows, cols(0, h)] = acc.matmul(p, np.concatenate([v] * len(names)), context.mode,
+                                               to="e4m3", shift=c_shift[cols(0, h)])
+            self._account(ctx, length * length * d * len(names))
+        ctx.tensors[to_e4m3.out] = out
+
     def _activation(self, op, ctx):
         """Every column group (and row class) with its own table, in one program per part of
         the rows that fits on chip (``activation_blocks``; class-1 rows permuted first)."""
-        if op.unsigned_input:
-            raise NotImplementedError("activation on UINT8 inputs belongs to the E4M3 program")
         acc = self.accelerator
         x = ctx.tensors[op.inp]
+        if op.unsigned_input:       # UINT8 codes: the same byte read as INT8
+            x = np.where(x >= 128, x - 256, x)
         tables = np.asarray(self.model.params[f"{op.params}.tables"])
         by_class = tables.ndim == 3
         order, ones = self._class_order(ctx) if by_class else (np.arange(x.shape[0]), 0)
+        # Columns no group covers are not computed (they are 0, as in the golden model).
+        covered = max(min(stop, x.shape[1]) for _, stop in op.groups)
+        if sorted(op.groups)[0][0] != 0 or any(
+                a[1] != b[0] for a, b in zip(sorted(op.groups), sorted(op.groups)[1:])):
+            raise NotImplementedError(f"{op.out}: activation groups must be contiguous from 0")
+        full = x
+        x = x[:, :covered]
         xp = x[order]
         words = -(-x.shape[1] // acc.lanes)
         # rows per program: x fits INP; the blocks' outputs (a word shared by two groups
@@ -372,11 +488,14 @@ class ProgramExecutor:
             if by_class:
                 split = min(max(ones - p0, 0), p1 - p0)
                 spans = [(0, split, 1), (split, p1 - p0, 0)]
-            blocks = [(r0, r1, start, stop, tables[c, g] if by_class else tables[g])
+            blocks = [(r0, r1, start, min(stop, x.shape[1]), tables[c, g] if by_class else tables[g])
                       for g, (start, stop) in enumerate(op.groups)
                       for r0, r1, c in spans if r1 > r0]
             out[order[p0:p1]] = acc.activation_blocks(xp[p0:p1], blocks)
             self._account(ctx)
+        if covered < full.shape[1]:
+            out = np.concatenate([out, np.zeros((out.shape[0], full.shape[1] - covered), np.int64)],
+                                 axis=1)
         ctx.tensors[op.out] = out
 
     def _attention(self, step, ctx):
@@ -411,6 +530,31 @@ class ProgramExecutor:
         ctx.tensors[c_rq.out] = out
 
 
+def _dead_after(name, later):
+    """No op of ``later`` reads tensor ``name`` before one rewrites it."""
+    for op in later:
+        if _reads(op, name):
+            return False
+        if _writes(op, name):
+            break
+    return True
+
+
+def _fp8_attention_chain(ops, i):
+    """The ops of one FP8 attention block from ``ops[i]`` (an AttnScores): ToInt per head,
+    Softmax, the Activations of P, AttnContext, ToE4M3."""
+    j = i + 1
+    while j < len(ops) and not isinstance(ops[j], mq.AttnContext):
+        j += 1
+    chain = ops[i:j + 2]
+    kinds = [type(o) for o in chain]
+    if (len(chain) < 5 or kinds[1:3] != [mq.ToInt, mq.Softmax] or not chain[1].per_head
+            or chain[1].bits != 8 or any(k is not mq.Activation for k in kinds[3:-2])
+            or kinds[-2:] != [mq.AttnContext, mq.ToE4M3]):
+        raise NotImplementedError(f"FP8 attention ops in an unsupported order at {ops[i]}")
+    return chain
+
+
 def _reads(op, name):
     """Whether ``op`` reads tensor ``name`` (a string field, or a MatMul pass)."""
     if isinstance(op, _Attention):
@@ -442,6 +586,28 @@ class _Linear:
 
     def __repr__(self):
         return f"Linear({self.matmul.out} -> {self.requantize.out}, layer {self.layer})"
+
+
+class _Convert:
+    """An FP8 MatMul and the ToE4M3 / ToInt of its output, run as one ``matmul(to=...)``."""
+
+    def __init__(self, matmul, convert):
+        self.matmul, self.convert = matmul, convert
+        self.layer = matmul.layer
+
+    def __repr__(self):
+        return f"Convert({self.matmul.out} -> {self.convert.out}, layer {self.layer})"
+
+
+class _AttentionFP8:
+    """The ops of one FP8 attention block (scores to context), run together."""
+
+    def __init__(self, *ops):
+        self.ops = ops
+        self.layer = ops[0].layer
+
+    def __repr__(self):
+        return f"AttentionFP8(layer {self.layer})"
 
 
 class _Attention:

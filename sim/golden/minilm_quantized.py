@@ -290,7 +290,7 @@ def _exec_activation(op, tensors, params, classes):
     if op.unsigned_input:
         x = np.where(x >= 128, x - 256, x)  # the same byte, read as int8
     tables = np.asarray(params[f"{op.params}.tables"])
-    out = np.empty(x.shape, dtype=np.int64)
+    out = np.zeros(x.shape, dtype=np.int64)     # columns outside every group: 0
     for g, (start, stop) in enumerate(op.groups):
         if tables.ndim == 3:
             for c in (0, 1):
