@@ -776,7 +776,7 @@ def test_host_side_validation(accelerator):
     with pytest.raises(ValueError, match="2-D"):
         accelerator.matmul(np.zeros(3, int), np.zeros((3, 2), int), 0)
     with pytest.raises(ValueError, match="too large for the weight buffer"):
-        accelerator.matmul(np.zeros((1, 4096), int), np.zeros((4096, 1), int), 0)
+        accelerator.matmul(np.zeros((1, 4097), int), np.zeros((4097, 1), int), 0)
 
 
 @pytest.mark.parametrize("t, d, length, causal", [
