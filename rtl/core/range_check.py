@@ -23,7 +23,13 @@ class RangeCheck(wiring.Component):
 
     Connect the extents' values with :meth:`connect_extents` (they must stay stable
     from ``start`` to ``done``). A pulse on ``start`` begins; ``done`` pulses
-    ``count + 2`` cycles later (rows are at most 24 bits, the rest ``width`` bits) with ``bad`` valid (and held until the next start).
+    ``count + 3`` cycles later (rows are at most 24 bits, the rest ``width`` bits) with
+    ``bad`` valid (and held until the next start).
+
+    Three pipeline stages, so that no path runs from the instruction's fields through the
+    extent multiplexer, the multiplier and the comparison in one cycle (the ULX3S core's
+    critical path when it was one stage): the extent selected by the running index is
+    registered, then ``(rows - 1) * stride``, then ``product + base + cols > limit``.
     """
 
     def __init__(self, count, width=32):
@@ -56,22 +62,35 @@ class RangeCheck(wiring.Component):
                 limits[i].eq(e.limit),
                 active[i].eq(e.enable & (e.rows != 0) & (e.cols != 0)),
             ]
+        # Stage 1: the extent at ``index``.
+        sel_rows, sel_stride = Signal(24), Signal(w)
+        sel_end, sel_limit = Signal(w + 1), Signal(w + 1)
+        sel_active, sel_valid, sel_last = Signal(), Signal(), Signal()
+        m.d.sync += [
+            sel_rows.eq(rows[index]), sel_stride.eq(strides[index]), sel_end.eq(ends[index]),
+            sel_limit.eq(limits[index]), sel_active.eq(active[index]),
+            sel_valid.eq(running & (index < n)), sel_last.eq(index == n - 1),
+        ]
+        # Stage 2: the product.
         product = Signal(24 + w)
-        checked = Signal(range(n + 1))
-        checking = Signal()
-        m.d.sync += [product.eq(rows[index] * strides[index]), checked.eq(index),
-                     checking.eq(running & (index < n))]
+        mul_end, mul_limit = Signal(w + 1), Signal(w + 1)
+        mul_active, mul_valid, mul_last = Signal(), Signal(), Signal()
+        m.d.sync += [
+            product.eq(sel_rows * sel_stride), mul_end.eq(sel_end), mul_limit.eq(sel_limit),
+            mul_active.eq(sel_active), mul_valid.eq(sel_valid), mul_last.eq(sel_last),
+        ]
+        # Stage 3: the comparison.
         with m.If(self.start):
             m.d.sync += [index.eq(0), running.eq(1), self.bad.eq(0)]
         with m.Elif(running):
             with m.If(index < n):
                 m.d.sync += index.eq(index + 1)
-        with m.If(checking):
-            with m.If(active[checked] & (product + ends[checked] > limits[checked])):
-                m.d.sync += self.bad.eq(1)
-            with m.If(checked == n - 1):
+            with m.Else():
                 m.d.sync += running.eq(0)
+        with m.If(mul_valid & ~self.start):
+            with m.If(mul_active & (product + mul_end > mul_limit)):
+                m.d.sync += self.bad.eq(1)
         finished = Signal()
-        m.d.sync += finished.eq(checking & (checked == n - 1))
+        m.d.sync += finished.eq(mul_valid & mul_last & ~self.start)
         m.d.comb += self.done.eq(finished)
         return m
