@@ -135,23 +135,31 @@ def bench_minilm_accuracy(results):
     results.update(json.loads(out.read_text()))
 
 
-def bench_minilm_device(results):
-    """all-MiniLM-L6-v2 on the 16 x 16 INT8 core's RTL (the `make demo` sentences, batched by the
-    hardware scheduler): utilization from the cycle counters, bit-exact with the golden."""
+def _minilm_on_core(dtype, core, sentences):
+    """``sentences`` embedded by the ``dtype`` program on the ``core`` preset's RTL through the
+    hardware scheduler: (the stats dict, simulation seconds, 1 if the embeddings equal the
+    golden program's bit for bit, else 0)."""
     from jalapeno.minilm.quantize import load_or_build
     from jalapeno.minilm.service import embed_sentences, open_simulator
     from jalapeno.minilm.tokenizer import encode
-    from scripts.demo import SENTENCES
-    from sim.golden.minilm_quantized import embed_int8
+    from sim.golden.minilm_quantized import embed
 
-    model = load_or_build("int8")
-    transport, accelerator = open_simulator("int8", progress=print)
+    model = load_or_build(dtype)
+    transport, accelerator = open_simulator(core, progress=print)
     start = time.monotonic()
     with transport:
-        embeddings, stats = embed_sentences(accelerator, model, SENTENCES)
+        embeddings, stats = embed_sentences(accelerator, model, sentences)
     seconds = time.monotonic() - start
-    golden = embed_int8(model, encode(SENTENCES))
-    s = stats.as_dict()
+    golden = embed(model, encode(sentences))
+    return stats.as_dict(), seconds, int(np.array_equal(embeddings, golden))
+
+
+def bench_minilm_device(results):
+    """all-MiniLM-L6-v2 on the 16 x 16 INT8 core's RTL (the `make demo` sentences, batched by the
+    hardware scheduler): utilization from the cycle counters, bit-exact with the golden."""
+    from scripts.demo import SENTENCES
+
+    s, seconds, equal = _minilm_on_core("int8", "int8", SENTENCES)
     results.update({
         "minilm.utilization": s["mac_utilization"],
         "minilm.array_busy": s["array_busy"],
@@ -159,7 +167,7 @@ def bench_minilm_device(results):
         "minilm.cycles_per_sentence": s["cycles_per_sentence"],
         "minilm.tokens": s["tokens"],
         "minilm.batches": s["batches"],
-        "minilm.device_equals_golden": int(np.array_equal(embeddings, golden)),
+        "minilm.device_equals_golden": equal,
         "minilm.sim_seconds": round(seconds, 1),
         "minilm.sim_cycles_per_second": round(s["cycles"] / seconds),
     })
@@ -168,22 +176,13 @@ def bench_minilm_device(results):
 def bench_minilm_e4m3_device(results):
     """The FP8 (E4M3) program on the 16 x 16 core with the FP8 modes (the `full` preset; the
     `make demo` sentences): CONVERT post ops after every FP8 GEMM, bit-exact with the golden."""
-    from jalapeno.minilm.quantize import load_or_build
-    from jalapeno.minilm.service import embed_sentences, open_simulator
-    from jalapeno.minilm.tokenizer import encode
     from scripts.demo import SENTENCES
-    from sim.golden.minilm_quantized import embed_e4m3
 
-    model = load_or_build("e4m3")
-    transport, accelerator = open_simulator("full", progress=print)
-    with transport:
-        embeddings, stats = embed_sentences(accelerator, model, SENTENCES)
-    golden = embed_e4m3(model, encode(SENTENCES))
-    s = stats.as_dict()
+    s, _, equal = _minilm_on_core("e4m3", "full", SENTENCES)
     results.update({
         "minilm.e4m3.utilization": s["mac_utilization"],
         "minilm.e4m3.cycles": s["cycles"],
-        "minilm.e4m3.device_equals_golden": int(np.array_equal(embeddings, golden)),
+        "minilm.e4m3.device_equals_golden": equal,
     })
 
 
@@ -193,25 +192,16 @@ def bench_minilm_serving(results):
     into batches of up to 256 tokens: utilization with batching (the demo's 6 sentences
     make one small batch)."""
     from jalapeno.minilm import eval_sentences
-    from jalapeno.minilm.quantize import load_or_build
-    from jalapeno.minilm.service import embed_sentences, open_simulator
-    from jalapeno.minilm.tokenizer import encode
-    from sim.golden.minilm_quantized import embed_int8
 
     sentences = eval_sentences()[:32]
-    model = load_or_build("int8")
-    transport, accelerator = open_simulator("int8", progress=print)
-    with transport:
-        embeddings, stats = embed_sentences(accelerator, model, sentences)
-    golden = embed_int8(model, encode(sentences))
-    s = stats.as_dict()
+    s, _, equal = _minilm_on_core("int8", "int8", sentences)
     results.update({
         "minilm.served.sentences": len(sentences),
         "minilm.served.tokens": s["tokens"],
         "minilm.served.batches": s["batches"],
         "minilm.served.utilization": s["mac_utilization"],
         "minilm.served.cycles_per_sentence": s["cycles_per_sentence"],
-        "minilm.served.device_equals_golden": int(np.array_equal(embeddings, golden)),
+        "minilm.served.device_equals_golden": equal,
     })
 
 
