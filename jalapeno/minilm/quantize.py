@@ -78,11 +78,11 @@ from .weights import load_weights, model_dir
 
 
 __all__ = ["INT8_OPTIONS", "E4M3_OPTIONS", "PLAIN_INT8", "VERSION", "collect_calibration", "gptq",
-           "build_int8", "build_e4m3", "load_or_build", "cache_path"]
+           "build_int8", "build_e4m3", "load_or_build", "cache_path", "program_macs"]
 
 
 #: Bumped whenever the scheme changes, so that cached builds are not reused.
-VERSION = 2
+VERSION = 3
 
 INT8_OPTIONS = {
     "alpha": 0.5,            # SmoothQuant migration strength (x_mm, h_mm, ctx)
@@ -119,16 +119,28 @@ PLAIN_INT8 = {"alpha": 0.5, "gelu_groups": 1, "gelu_outlier": None, "cls_center"
               "v_per_channel": False}
 
 E4M3_OPTIONS = {
-    "gelu_groups": 4,
+    "gelu_groups": 32,       # FFN channel groups, one GELU table each
     "gelu_in_clip": 6.0,
+    "gelu_outlier": 2.5,     # FFN channels above 2.5 x the 99th percentile: a group of their own
+    "gelu_offset": True,     # GELU input: per-group offset (in the bias) + power-of-two half-range
+    "head_u": 1.0,           # headroom on the GELU input ranges (gelu_offset)
+    "u_exact_scale": True,   # GELU input scale per group exact (the non-power-of-two part in W1)
+    "v_center": True,        # V centered on the [CLS] rows' mean V (c @ Wo in the output bias)
     "gptq": True,
     "gptq_damp": 0.1,
     "head_channel": 1.25,
     "head_ln16": 1.5,
     "cls_class": True,
+    "ln_mantissa": True,     # LayerNorm output scales: an E4M3 significand x 2**k per channel
+    "center": True,          # LayerNorm outputs centered per class (tokens: range midpoint; [CLS]: mean)
+    "head_cls": 2.0,         # headroom on the centered [CLS] rows' deviations
+    "cls_beta_codes": 1500,  # |beta - offset| / scale at most this (the beta field: < 2047)
     "bias_terms": 3,         # E4M3 terms per bias (exact accumulation of their sum)
     "exact_p": True,         # P = hi + lo (two E4M3 passes): the UINT8 probabilities exactly
-    "exact_ln_inputs": False,  # LayerNorm outputs into the GEMMs as hi + lo (2x the passes)
+    "exact_x": False,        # mixed precision: LayerNorm 2 outputs into the QKV GEMM as hi + lo
+    "exact_h": True,         # mixed precision: LayerNorm 1 outputs into the W1 GEMM as hi + lo
+    "split_g": True,         # mixed precision: GELU output as an E4M3 pair hi + lo
+    "split_w": ("wqkv", "wo", "w1", "w2"),  # mixed precision: these weights as hi + lo pairs
 }
 
 HIDDEN, HEADS, HEAD_DIM, FFN = 384, 12, 32, 1536
@@ -690,25 +702,51 @@ def _bias_rows(bias, options):
     return np.stack(rows), o
 
 
-def _fp8_ln_scales(cal, key, options):
-    """Per-channel power-of-two LayerNorm output scales 2**(E_c + k_j) for an INT8 output
-    feeding FP8 GEMMs: k_j per channel (token rows), E_c per row class. Returns
-    (scales 2 x N, k (N,), E (2,))."""
+def _fp8_ln_scales(cal, key, options, beta=None):
+    """Per-channel LayerNorm output scales 2**(E_c + k_j) for an INT8 output feeding FP8
+    GEMMs: k_j per channel (token rows; an integer, or with ``ln_mantissa`` the log2 of an
+    E4M3 value), E_c per row class (an integer), and the class offsets (2 x N) subtracted
+    before quantization (``center``: tokens on each channel's range midpoint, [CLS] on the
+    calibration mean of the [CLS] rows; the consumers add them back exactly, see
+    :func:`build_e4m3`). Returns (scales 2 x N, k (N,), E (2,), offsets 2 x N)."""
     head = options["head_channel"]
-    k = np.ceil(np.log2(np.maximum(cal.chmax(key, "tok") * head, 1e-6) / 127)).astype(np.int64)
-    if options["cls_class"]:
+    n = cal.rows(key, "tok").shape[1]
+    offsets = np.zeros((2, n))
+    if options["center"]:
+        tok = cal.rows(key, "tok")
+        offsets[0] = (tok.max(axis=0) + tok.min(axis=0)) / 2
+        offsets[1] = cal.rows(key, "cls").mean(axis=0)
+        top = np.abs(tok - offsets[0]).max(axis=0)
+    elif options["cls_class"]:
+        top = cal.chmax(key, "tok")
+    else:
+        top = cal.chmax(key)
+    want = np.maximum(top * head, 1e-6) / 127
+    k = np.ceil(np.log2(want)).astype(np.int64)
+    if options["ln_mantissa"]:
+        # the per-channel scale need not be a power of two (the weights' rows absorb it):
+        # an E4M3 significand m_j in (1, 2] times 2**(k_j - 1), the smallest at or above
+        # the wanted scale, so that the residual's diagonal stays one E4M3 code per channel
+        m = np.minimum(np.ceil(want / 2.0 ** (k - 1) * 8 - 1e-9) / 8, 2.0)
+        k = (k - 1) + np.log2(m)
+    if options["center"]:
+        need = np.abs(cal.rows(key, "cls") - offsets[1]).max(axis=0) * options["head_cls"] / 127 / 2.0 ** k
+        if beta is not None:    # the beta field: |beta - offset| / scale < 2047 codes
+            need = np.maximum(need, np.abs(beta - offsets[1]) / options["cls_beta_codes"] / 2.0 ** k)
+        e_cls = max(int(np.ceil(np.log2(max(need.max(), 1e-6)))), -6)
+    elif options["cls_class"]:
         need = cal.chmax(key, "cls") * head / 127 / 2.0 ** k
         e_cls = int(np.ceil(np.log2(max(need.max(), 1e-6))))
     else:
         e_cls = 0
-        k = np.maximum(k, np.ceil(np.log2(np.maximum(cal.chmax(key) * head, 1e-6) / 127)).astype(np.int64))
     e = np.array([0, e_cls])
-    return 2.0 ** (e[:, None] + k[None, :]), k, e
+    return 2.0 ** (e[:, None] + k[None, :]), k, e, offsets
 
 
 def _fp8_input_tables(prefix, e, params):
     """Tables from the LayerNorm's INT8 codes: GEMM input (E4M3 of code * 2**(E_c - E_max))
-    and the exact residual pair hi + lo = code * 2**(E_c - E_max + 1). One set per row class."""
+    and the exact pair hi + lo = code * 2**(E_c - E_max + 1) (the residual; with
+    ``exact_x`` / ``exact_h`` also the GEMM input). One set per row class."""
     e_max = int(e.max())
     codes = np.arange(256)
     values = np.where(codes < 128, codes, codes - 256).astype(np.float64)
@@ -727,9 +765,46 @@ def _fp8_input_tables(prefix, e, params):
     return e_max
 
 
+def _e4m3_pair(values):
+    """Near-exact E4M3 pair: hi = E4M3(v), lo = E4M3(v - hi) (about 8 significant bits)."""
+    hi = _e4m3_round(values)
+    return hi, _e4m3_round(values - hi)
+
+
+def _e4m3_split_weight_codes(w, x, shift, options, row_weights=None):
+    """``w * 2**shift`` as two E4M3 matrices hi + lo (mixed precision: about 8 significant
+    bits), GPTQ with that rounding. Returns (hi codes, lo codes)."""
+    scaled = w * 2.0 ** shift
+    pair = lambda r: sum(_e4m3_pair(r))  # noqa: E731
+    quantized = gptq(scaled, x, pair, options["gptq_damp"], row_weights) if options["gptq"] else pair(scaled)
+    hi = _e4m3_round(quantized)
+    lo = quantized - hi
+    assert np.array_equal(_e4m3_round(lo), lo), "weight pair must be exact"
+    return _e4m3_codes(hi), _e4m3_codes(lo)
+
+
+def _fit_bias(kw, *biases):
+    """Lower the weight exponent until every bias (real units, times 2**kw: accumulator
+    units) fits the bias rows (E4M3 terms times a ONES power of two, 2**8 at most)."""
+    top = max(float(np.abs(b).max(initial=0)) for b in biases)
+    while top * 2.0 ** kw > E4M3_MAX * 2.0 ** 7:
+        kw -= 1
+    return kw
+
+
+#: Columns of the [CLS] indicator tensor: ``bias_terms`` columns per exponent o = 0..8,
+#: each 2**o in the [CLS] row and 0 elsewhere (an Activation with per-class tables).
+CLS_IND_EXPONENTS = 9
+
+
 def build_e4m3(weights=None, calibration=None, **overrides):
-    """The FP8 (E4M3) program: every GEMM in E4M3 with power-of-two scales, FP32 results
-    converted by :mod:`sim.golden.fp_convert` (see docs/minilm.md)."""
+    """The FP8 (E4M3) program: every GEMM in E4M3 (FP32 results, converted by
+    :mod:`sim.golden.fp_convert` with power-of-two shifts). Single E4M3 tensors: Q, K, V,
+    the context and the QKV GEMM's input; **mixed precision** (``exact_h``, ``split_g``,
+    ``split_w``, ``exact_x``): pairs of E4M3 tensors ``hi + lo`` multiplied in two passes
+    of the same accumulation (weights, GELU output, the W1 GEMM's input), as already for P
+    and the residual. LayerNorm outputs are centered per row class; the [CLS] rows' offsets
+    come back through the [CLS] indicator (``cls_ind``) passes (see docs/minilm.md)."""
     options = dict(E4M3_OPTIONS, **overrides)
     w = weights if weights is not None else load_weights()
     cal = calibration if calibration is not None else collect_calibration(w)
@@ -737,6 +812,8 @@ def build_e4m3(weights=None, calibration=None, **overrides):
     info = {"options": options, "exponents": {}}
     E4 = MatmulMode.E4M3
     head_c = options["head_channel"]
+    terms = options["bias_terms"]
+    split_w = set(options["split_w"])
     program = [mq.HostEmbed("e16", note="host: word + position + type, INT16")]
     s_e = cal.tmax("emb_sum") * options["head_ln16"] / 32767
     params["host.word"] = w.word_embeddings.astype(np.float32)
@@ -744,56 +821,102 @@ def build_e4m3(weights=None, calibration=None, **overrides):
     params["host.token_type"] = w.token_type_embeddings.astype(np.float32)
     params["host.embed_scale"] = np.array(s_e)
 
-    def ln_outputs(prefix, gamma, beta, in_scale, key, layer, src, name):
-        scales, k, e = _fp8_ln_scales(cal, key, options)
-        _layernorm_param_set(prefix, gamma, beta, in_scale, scales, params)
+    def ln_outputs(prefix, gamma, beta, in_scale, key, layer, src, name, exact):
+        scales, k, e, offsets = _fp8_ln_scales(cal, key, options, beta)
+        _layernorm_param_set(prefix, gamma, beta, in_scale, scales, params,
+                             offsets if options["center"] else None)
         e_max = _fp8_input_tables(prefix, e, params)
-        program.extend([
-            mq.LayerNorm16(name, src, prefix, layer, "LayerNorm (INT8 out, power-of-two scales)"),
-            mq.Activation(f"{name}_e", name, f"{prefix}.e", ((0, HIDDEN),), layer=layer, note="to E4M3 (table)"),
-            mq.Activation(f"{name}_hi", name, f"{prefix}.hi", ((0, HIDDEN),), layer=layer, note="residual, high part"),
-            mq.Activation(f"{name}_lo", name, f"{prefix}.lo", ((0, HIDDEN),), layer=layer, note="residual, low part"),
-        ])
-        return k, e_max
+        ops = [mq.LayerNorm16(name, src, prefix, layer,
+                              "LayerNorm (INT8 out, per-channel scales and offsets, [CLS] set)")]
+        if not exact:
+            ops.append(mq.Activation(f"{name}_e", name, f"{prefix}.e", ((0, HIDDEN),), layer=layer,
+                                     note="to E4M3 (table)"))
+        ops += [
+            mq.Activation(f"{name}_hi", name, f"{prefix}.hi", ((0, HIDDEN),), layer=layer,
+                          note="exact pair, high part"),
+            mq.Activation(f"{name}_lo", name, f"{prefix}.lo", ((0, HIDDEN),), layer=layer,
+                          note="exact pair, low part"),
+        ]
+        program.extend(ops)
+        return k, e_max, offsets
 
-    def gemm_weight(name, wt, x_in, row_exp, kw, rw):
-        """E4M3 codes of diag(2**row_exp) wt * 2**kw (rows are activation channels)."""
+    def weight_passes(name, wt, x_in, row_exp, kw, rw, acts):
+        """E4M3 codes of diag(2**row_exp) wt * 2**kw (rows are activation channels), and the
+        passes ``acts`` x weights (a weight pair hi + lo: the low part with the first
+        activation only; the products lo x lo are below the rounding)."""
         scaled_x = x_in / 2.0 ** row_exp
+        key = name.split(".")[-1]
+        if key in split_w:
+            params[name], params[f"{name}.lo"] = _e4m3_split_weight_codes(
+                wt * 2.0 ** row_exp[:, None], scaled_x, kw, options, rw)
+            return tuple((a, name) for a in acts) + ((acts[0], f"{name}.lo"),)
         params[name] = _e4m3_weight_codes(wt * 2.0 ** row_exp[:, None], scaled_x, kw, options, rw)
+        return tuple((a, name) for a in acts)
 
-    def bias(name, b_acc):
+    def bias(name, b_acc, cls_extra=None):
+        """Bias rows (ONES pass) and, with ``cls_extra`` (accumulator units), the [CLS]
+        rows' extra offset as rows of the indicator pass."""
         codes, o = _bias_rows(b_acc, options)
         params[name] = codes
         params[f"{name}.ones"] = np.array(_e4m3_codes(np.array([2.0 ** o]))[0], dtype=np.uint8)
-        return o
+        passes = ((mq.ONES, name),)
+        if cls_extra is not None and np.any(cls_extra):
+            codes, o = _bias_rows(cls_extra, options)
+            params[f"{name}.cls"] = codes
+            passes += (("cls_ind", f"{name}.cls", (o * terms, (o + 1) * terms)),)
+        return passes
 
     def residual_diag(name, k_res, e_max, kacc):
         a = k_res + e_max + kacc - 1
-        if a.max() > 8 or a.min() < -9:
+        if a.max() > math.log2(E4M3_MAX) or a.min() < -9:
             raise ValueError(f"{name}: residual exponents {a.min()}..{a.max()} outside E4M3")
-        params[name] = _e4m3_codes(np.diag(2.0 ** a))
+        d = _e4m3_round(2.0 ** a)   # (exact up to the float rounding of log2 m_j)
+        assert np.allclose(d, 2.0 ** a, rtol=1e-12, atol=0), "residual diagonal must be exact"
+        params[name] = _e4m3_codes(np.diag(d))
 
-    k_x, emax_x = ln_outputs("ln_emb", w.emb_ln_gamma, w.emb_ln_beta, s_e, "l0.x", -1, "e16", "x")
+    exact_x, exact_h = options["exact_x"], options["exact_h"]
+    beta_x = w.emb_ln_beta
+    k_x, emax_x, off_x = ln_outputs("ln_emb", w.emb_ln_gamma, beta_x, s_e, "l0.x", -1, "e16", "x", exact_x)
+    if options["center"]:
+        # the [CLS] indicator: 2**o in the [CLS] row (row class 1), 0 in the others
+        one = np.zeros((2, CLS_IND_EXPONENTS, 256), dtype=np.int64)
+        for o in range(CLS_IND_EXPONENTS):
+            one[1, o, :] = _signed_bytes(_e4m3_codes(np.array([2.0 ** o])))[0]
+        params["cls_ind.tables"] = one
+        program.append(mq.Activation("cls_ind", "x", "cls_ind",
+                                     tuple((o * terms, (o + 1) * terms) for o in range(CLS_IND_EXPONENTS)),
+                                     note="[CLS] indicator (per-class constant tables)"))
     for li, lw in enumerate(w.layers):
         L = f"l{li}"
         rw_attn = cal.row_weights(f"{L}.res1")
         rw_ffn = cal.row_weights(f"{L}.res2")
         x = cal.rows(f"{L}.x")
-        row_exp = (k_x + emax_x).astype(np.float64)  # x_e = x_real * 2**-(k_j + E_max)
+        # GPTQ's Hessian from the GEMM's actual input: the rows minus their class offsets
+        x_c = _center_rows(cal, f"{L}.x", off_x) if options["center"] else x
+        # x_e (or hi + lo, which is twice x_e) = (x - offset) * 2**-(k_j + E_max)
+        row_exp = (k_x + emax_x).astype(np.float64) - (1 if exact_x else 0)
         # ---- QKV: one weight exponent per Q, K, V block
         kws, outs = [], []
         for blk, (wt, key) in enumerate(((lw.wq, "q"), (lw.wk, "k"), (lw.wv, "v"))):
-            kws.append(_pow2_exponent(np.abs(wt * 2.0 ** row_exp[:, None]).max(), E4M3_MAX) - 1)
-            outs.append(_pow2_exponent(cal.tmax(f"{L}.{key}"), E4M3_MAX / 2))
-        wqkv = np.concatenate([lw.wq * 2.0 ** kws[0], lw.wk * 2.0 ** kws[1], lw.wv * 2.0 ** kws[2]], axis=1)
-        exact_in = options["exact_ln_inputs"]
-        # hi + lo = code * 2**(E_c - E_max + 1): twice x_e, so W's rows take 2**(k_j + E_max - 1)
-        gemm_weight(f"{L}.wqkv", wqkv, x, row_exp - (1 if exact_in else 0), 0, rw_attn)
+            kb = _pow2_exponent(np.abs(wt * 2.0 ** row_exp[:, None]).max(), E4M3_MAX) - 1
+            b_blk = (lw.bq, lw.bk, lw.bv)[blk]
+            if blk == 2 and options["v_center"]:
+                b_blk = b_blk - cal.rows(f"{L}.v", "cls").mean(axis=0)
+            kws.append(_fit_bias(kb, b_blk + off_x[0] @ wt, (off_x[1] - off_x[0]) @ wt))
+            top = cal.rows(f"{L}.{key}") - (cal.rows(f"{L}.v", "cls").mean(axis=0)
+                                            if blk == 2 and options["v_center"] else 0)
+            outs.append(_pow2_exponent(np.abs(top).max(), E4M3_MAX / 2))
+        wqkv_f = np.concatenate([lw.wq, lw.wk, lw.wv], axis=1)
         kw_col = np.repeat(kws, HIDDEN)
-        bias(f"{L}.bqkv", np.concatenate([lw.bq, lw.bk, lw.bv]) * 2.0 ** kw_col)
-        x_passes = ((("x_hi", f"{L}.wqkv"), ("x_lo", f"{L}.wqkv")) if exact_in else (("x_e", f"{L}.wqkv"),))
-        program.append(mq.MatMul("qkv_acc", x_passes + ((mq.ONES, f"{L}.bqkv"),), E4, li,
-                                 "Q|K|V projection + bias rows"))
+        wqkv = wqkv_f * 2.0 ** kw_col
+        x_acts = ("x_hi", "x_lo") if exact_x else ("x_e",)
+        passes = weight_passes(f"{L}.wqkv", wqkv, x_c, row_exp, 0, rw_attn, x_acts)
+        # V centered on the [CLS] rows' mean V (the attention sink's value, copied by most
+        # rows): V - c here, + c @ Wo in the output projection's bias (P's rows sum to 1)
+        v_off = cal.rows(f"{L}.v", "cls").mean(axis=0) if options["v_center"] else np.zeros(HIDDEN)
+        b_qkv = np.concatenate([lw.bq, lw.bk, lw.bv - v_off]) + off_x[0] @ wqkv_f
+        passes += bias(f"{L}.bqkv", b_qkv * 2.0 ** kw_col, ((off_x[1] - off_x[0]) @ wqkv_f) * 2.0 ** kw_col)
+        program.append(mq.MatMul("qkv_acc", passes, E4, li, "Q|K|V projection + bias rows"))
         params[f"{L}.qkv.shift"] = np.repeat(np.array(outs) - np.array(kws), HIDDEN)
         program.append(mq.ToE4M3("qkv", "qkv_acc", f"{L}.qkv", li, "Q, K, V to E4M3 (2**k per tensor)"))
         kq, kk, kv = outs
@@ -813,7 +936,8 @@ def build_e4m3(weights=None, calibration=None, **overrides):
             p_ops.append(mq.Activation("p_lo", "p", f"{L}.plo", ((0, 10**9),), True, li,
                                        "probabilities, low part (P = hi + lo exactly)"))
         p_names = ("p_e", "p_lo") if options["exact_p"] else "p_e"
-        kc = _pow2_exponent(cal.tmax(f"{L}.ctx"), E4M3_MAX / 2)
+        ctx = cal.rows(f"{L}.ctx") - v_off
+        kc = _pow2_exponent(np.abs(ctx).max(), E4M3_MAX / 2)
         program += [
             mq.AttnScores("s_acc", "qkv", 0, HIDDEN, HEADS, HEAD_DIM, E4, li, "Q_h K_h^T"),
             mq.ToInt("s", "s_acc", f"{L}.scores", 8, True, li, "scores to INT8 (2**k per head)"),
@@ -823,62 +947,95 @@ def build_e4m3(weights=None, calibration=None, **overrides):
             mq.ToE4M3("ctx", "c_acc", f"{L}.ctx", li, "context to E4M3"),
         ]
         # ---- output projection + bias + residual, one accumulation
-        k_res, emax_res = k_x, emax_x
+        k_res, emax_res, off_res = k_x, emax_x, off_x
         kwo = _pow2_exponent(np.abs(lw.wo).max(), E4M3_MAX) - 1
-        kc, kwo = _fit_accumulator(kc, kwo, 9 - int((k_res + emax_res).max()))
+        kc, kwo = _fit_accumulator(kc, kwo, 9 - int(np.ceil((k_res + emax_res).max())))
+        b_o = lw.bo + v_off @ lw.wo + off_res[0]
+        kwo = _fit_bias(kc + kwo, b_o, off_res[1] - off_res[0]) - kc
         kacc = kc + kwo
         params[f"{L}.ctx.shift"] = np.full(HIDDEN, kc - 8 - kv)
-        ctx = cal.rows(f"{L}.ctx")
-        gemm_weight(f"{L}.wo", lw.wo, ctx * 2.0 ** kc, np.zeros(HIDDEN), kwo, rw_attn)
-        bias(f"{L}.bo", lw.bo * 2.0 ** kacc)
+        passes = weight_passes(f"{L}.wo", lw.wo, ctx * 2.0 ** kc, np.zeros(HIDDEN), kwo, rw_attn, ("ctx",))
+        passes += bias(f"{L}.bo", b_o * 2.0 ** kacc, (off_res[1] - off_res[0]) * 2.0 ** kacc)
         residual_diag(f"{L}.d1", k_res, emax_res, kacc)
         s16 = _pow2_exponent(cal.tmax(f"{L}.res1") * options["head_ln16"], 32767)
         params[f"{L}.r1.shift"] = np.full(HIDDEN, s16 - kacc)
         program += [
-            mq.MatMul("r1_acc", (("ctx", f"{L}.wo"), (mq.ONES, f"{L}.bo"), ("x_hi", f"{L}.d1"), ("x_lo", f"{L}.d1")),
+            mq.MatMul("r1_acc", passes + (("x_hi", f"{L}.d1"), ("x_lo", f"{L}.d1")),
                       E4, li, "output projection + bias rows + residual (hi, lo) passes"),
             mq.ToInt("r1", "r1_acc", f"{L}.r1", 16, False, li, "to INT16 (LayerNorm input)"),
         ]
-        k_h, emax_h = ln_outputs(f"{L}.ln1", lw.ln1_gamma, lw.ln1_beta, 2.0 ** -s16, f"{L}.h", li, "r1", "h")
+        k_h, emax_h, off_h = ln_outputs(f"{L}.ln1", lw.ln1_gamma, lw.ln1_beta, 2.0 ** -s16, f"{L}.h", li, "r1",
+                                        "h", exact_h)
         # ---- FFN
-        h = cal.rows(f"{L}.h")
+        h = _center_rows(cal, f"{L}.h", off_h) if options["center"] else cal.rows(f"{L}.h")
         u_all = cal.rows(f"{L}.ffn_in")
-        order, groups, _ = _gelu_groups(np.abs(u_all).max(axis=0), options["gelu_groups"])
-        row_exp_h = (k_h + emax_h).astype(np.float64)
-        w1 = lw.w1[:, order]
-        kw1 = _pow2_exponent(np.abs(w1 * 2.0 ** row_exp_h[:, None]).max(), E4M3_MAX) - 1
-        gemm_weight(f"{L}.w1", w1, h, row_exp_h - (1 if exact_in else 0), kw1, rw_ffn)
-        bias(f"{L}.b1", lw.b1[order] * 2.0 ** kw1)
-        h_passes = ((("h_hi", f"{L}.w1"), ("h_lo", f"{L}.w1")) if exact_in else (("h_e", f"{L}.w1"),))
+        u_hi = u_all.max(axis=0)
+        u_lo = np.maximum(u_all.min(axis=0), -options["gelu_in_clip"])
+        if options["gelu_offset"]:
+            order, groups, n_out = _gelu_groups(u_hi - u_lo, options["gelu_groups"], options["gelu_outlier"], u_hi)
+        else:
+            order, groups, n_out = _gelu_groups(np.abs(u_all).max(axis=0), options["gelu_groups"])
         u = u_all[:, order]
         g = cal.rows(f"{L}.gelu")[:, order]
         kg = _pow2_exponent(np.abs(g).max(), E4M3_MAX / 2)
-        shifts = np.zeros(FFN, dtype=np.int64)
+        gus = np.zeros(FFN, dtype=np.int64)
+        u_off = np.zeros(FFN)
+        u_col = np.ones(FFN)
         tables = []
         for start, stop in groups:
-            gu = _pow2_exponent(np.abs(u[:, start:stop]).max() * options["head_channel"], 127)
-            shifts[start:stop] = gu - kw1
+            if options["gelu_offset"]:
+                # asymmetric range [max(min, -clip), max] as an offset (in the bias) and a
+                # power-of-two scale for its half-width
+                top, bottom = u_hi[order][start:stop].max(), u_lo[order][start:stop].min()
+                mid, half = (top + bottom) / 2, (top - bottom) / 2
+                gu = _pow2_exponent(half * options["head_u"], 127)
+                if options["u_exact_scale"]:
+                    # the rest of the scale, in [1, 2), goes into the group's W1 columns
+                    # and bias: the group's range fills the INT8 codes
+                    u_col[start:stop] = 127 / (half * options["head_u"]) / 2.0 ** gu
+            else:
+                mid = 0.0
+                gu = _pow2_exponent(np.abs(u[:, start:stop]).max() * options["head_channel"], 127)
+            gus[start:stop] = gu
+            u_off[start:stop] = mid
             codes = np.arange(256)
-            real = np.where(codes < 128, codes, codes - 256) * 2.0 ** -gu
+            real = np.where(codes < 128, codes, codes - 256) * 2.0 ** -gu / u_col[start] + mid
             tables.append(real)
-        params[f"{L}.u.shift"] = shifts
+        row_exp_h = (k_h + emax_h).astype(np.float64) - (1 if exact_h else 0)
+        w1 = lw.w1[:, order] * u_col
+        kw1 = _pow2_exponent(np.abs(w1 * 2.0 ** row_exp_h[:, None]).max(), E4M3_MAX) - 1
+        kw1 = _fit_bias(kw1, (lw.b1[order] - u_off) * u_col + off_h[0] @ w1, (off_h[1] - off_h[0]) @ w1)
+        h_acts = ("h_hi", "h_lo") if exact_h else ("h_e",)
+        passes = weight_passes(f"{L}.w1", w1, h, row_exp_h, kw1, rw_ffn, h_acts)
+        params[f"{L}.u.shift"] = gus - kw1
+        b_1 = (lw.b1[order] - u_off) * u_col + off_h[0] @ w1
+        passes += bias(f"{L}.b1", b_1 * 2.0 ** kw1, ((off_h[1] - off_h[0]) @ w1) * 2.0 ** kw1)
+        g_acts = ("g", "g_lo") if options["split_g"] else ("g",)
         program += [
-            mq.MatMul("u_acc", h_passes + ((mq.ONES, f"{L}.b1"),), E4, li, "FFN up + bias rows"),
+            mq.MatMul("u_acc", passes, E4, li, "FFN up + bias rows"),
             mq.ToInt("u", "u_acc", f"{L}.u", 8, False, li, "GELU input to INT8 (2**k per group)"),
             mq.Activation("g", "u", f"{L}.gelu", groups, layer=li, note="GELU to E4M3, one table per group"),
         ]
+        if options["split_g"]:
+            program.append(mq.Activation("g_lo", "u", f"{L}.gelu_lo", groups, layer=li,
+                                         note="GELU, low part (E4M3 pair)"))
         kw2 = _pow2_exponent(np.abs(lw.w2).max(), E4M3_MAX) - 1
-        kg, kw2 = _fit_accumulator(kg, kw2, 9 - int((k_h + emax_h).max()))
+        kg, kw2 = _fit_accumulator(kg, kw2, 9 - int(np.ceil((k_h + emax_h).max())))
+        kw2 = _fit_bias(kg + kw2, lw.b2 + off_h[0], off_h[1] - off_h[0]) - kg
         kacc2 = kg + kw2
-        params[f"{L}.gelu.tables"] = np.stack([_signed_bytes(_fp32_e4m3_codes(minilm_float.gelu(real) * 2.0 ** kg))
-                                                for real in tables])
-        gemm_weight(f"{L}.w2", lw.w2[order], g * 2.0 ** kg, np.zeros(FFN), kw2, rw_ffn)
-        bias(f"{L}.b2", lw.b2 * 2.0 ** kacc2)
+        g_real = np.stack([minilm_float.gelu(real) * 2.0 ** kg for real in tables])
+        g_hi = _fp32_e4m3_codes(g_real)
+        params[f"{L}.gelu.tables"] = _signed_bytes(g_hi)
+        if options["split_g"]:   # the low part: E4M3 of what the high part's rounding left
+            hi = g_hi.view(fp8_codec.ML_DTYPES[FP8Format.E4M3]).astype(np.float64)
+            params[f"{L}.gelu_lo.tables"] = _signed_bytes(_e4m3_codes(g_real - hi))
+        passes = weight_passes(f"{L}.w2", lw.w2[order], g * 2.0 ** kg, np.zeros(FFN), kw2, rw_ffn, g_acts)
+        passes += bias(f"{L}.b2", (lw.b2 + off_h[0]) * 2.0 ** kacc2, (off_h[1] - off_h[0]) * 2.0 ** kacc2)
         residual_diag(f"{L}.d2", k_h, emax_h, kacc2)
         s16b = _pow2_exponent(cal.tmax(f"{L}.res2") * options["head_ln16"], 32767)
         params[f"{L}.r2.shift"] = np.full(HIDDEN, s16b - kacc2)
         program += [
-            mq.MatMul("r2_acc", (("g", f"{L}.w2"), (mq.ONES, f"{L}.b2"), ("h_hi", f"{L}.d2"), ("h_lo", f"{L}.d2")),
+            mq.MatMul("r2_acc", passes + (("h_hi", f"{L}.d2"), ("h_lo", f"{L}.d2")),
                       E4, li, "FFN down + bias rows + residual (hi, lo) passes"),
             mq.ToInt("r2", "r2_acc", f"{L}.r2", 16, False, li, "to INT16 (LayerNorm input)"),
         ]
@@ -886,8 +1043,8 @@ def build_e4m3(weights=None, calibration=None, **overrides):
                                 "acc1": kacc, "w1": kw1, "gelu": kg, "w2": kw2, "acc2": kacc2,
                                 "r1_int16": s16, "r2_int16": s16b}
         if li + 1 < len(w.layers):
-            k_x, emax_x = ln_outputs(f"{L}.ln2", lw.ln2_gamma, lw.ln2_beta, 2.0 ** -s16b, f"l{li + 1}.x",
-                                     li, "r2", "x")
+            k_x, emax_x, off_x = ln_outputs(f"{L}.ln2", lw.ln2_gamma, lw.ln2_beta, 2.0 ** -s16b, f"l{li + 1}.x",
+                                            li, "r2", "x", exact_x)
         else:
             s_out = cal.chmax("out") * head_c / 127
             params["out.scale"] = s_out
@@ -895,6 +1052,32 @@ def build_e4m3(weights=None, calibration=None, **overrides):
             program.append(mq.LayerNorm16("x_out", "r2", f"{L}.ln2.out", li, "LayerNorm 2, output"))
     program.append(mq.HostPool("x_out", "out", note="host: dequantize, mean over valid rows, L2"))
     return mq.QuantizedMiniLM("e4m3", tuple(program), params, HIDDEN, HEADS, info)
+
+
+def _center_rows(cal, key, offsets):
+    """Calibration rows of ``key`` minus their class's offset (row 0 of each sentence: class 1)."""
+    parts = [p - offsets[0] for p in cal.collect[key]]
+    for p, raw in zip(parts, cal.collect[key]):
+        p[0] = raw[0] - offsets[1]
+    return np.concatenate(parts)
+
+
+def program_macs(model, lengths):
+    """Multiply-accumulates of the program over sequences of the given lengths: K x N x rows
+    per MatMul pass (bias and residual passes included), and the attention GEMMs."""
+    total = 0
+    for op in model.program:
+        for t in lengths:
+            if isinstance(op, mq.MatMul):
+                for entry in op.passes:
+                    wgt = model.params[entry[1]]
+                    k = wgt.shape[0] if len(entry) < 3 or entry[0] == mq.ONES else entry[2][1] - entry[2][0]
+                    total += k * wgt.shape[1] * t
+            elif isinstance(op, mq.AttnScores):
+                total += op.heads * t * op.head_dim * t
+            elif isinstance(op, mq.AttnContext):
+                total += op.heads * t * t * op.head_dim * (len(op.p) if isinstance(op.p, tuple) else 1)
+    return total
 
 
 # --------------------------------------------------------------------------- cache
