@@ -168,8 +168,8 @@ class BoardFlow:
         return self.core["lanes"]
 
 
-#: The cores the boards build (docs/fpga.md, "Board configurations"). No scheduler: its
-#: ports are not on the UART link yet.
+#: The cores the boards build (docs/fpga.md, "Board configurations"). No scheduler (area:
+#: a LinkedCore built with one exposes it through registers 64 and up, docs/link.md).
 #: ULX3S: the 8 x 8 GEMM datapath (INT32 results; the host requantizes), every PE on a
 #: MULT18X18D. At 16 x 16 the row-wise units and the 16 requantizers need about 240
 #: multipliers besides the PEs' 256, with the requantizers alone the LUT-multiplier PEs

@@ -6,6 +6,8 @@ Requests are stop-and-wait: each one is sent and its response awaited before the
 next, which is what the bridge (``rtl/link/bridge.py``) requires on a UART.
 """
 
+from dataclasses import dataclass
+
 import serial
 
 from sim.golden import link_frame as lf
@@ -13,7 +15,7 @@ from sim.golden.link_frame import Status
 from .transport import Transport
 
 
-__all__ = ["LinkError", "SerialTransport"]
+__all__ = ["LinkError", "SerialTransport", "CoreSerialTransport", "SchedulerGeometry"]
 
 
 class LinkError(Exception):
@@ -170,6 +172,15 @@ class SerialTransport:
         self._transact(lf.write_reg(index, value), f"WRITE_REG {index}")
 
 
+@dataclass(frozen=True)
+class SchedulerGeometry:
+    """What ``jalapeno.serving.Server`` needs to decode batch words: the scheduler's build
+    parameters, read from the link's INFO register."""
+    sched_queue_depth: int
+    sched_inflight: int
+    batch_pieces: int
+
+
 class CoreSerialTransport(SerialTransport, Transport):
     """The :class:`jalapeno.transport.Transport` of a board running
     :class:`rtl.core.linked_core.LinkedCore`: the same runtime API as the simulation.
@@ -178,16 +189,141 @@ class CoreSerialTransport(SerialTransport, Transport):
     ``run_timeout`` seconds pass); a core that stays blocked on dependency tokens for
     ``blocked_polls`` polls in a row is reported BLOCKED. ``soft_reset`` writes the
     link's control register.
+
+    Serving (``jalapeno.serving.Server``): ``submit_requests``, ``complete_batches`` and
+    ``read_events`` move the scheduler's words through the link registers of
+    :class:`rtl.core.linked_core.SchedLinkRegister` (``docs/link.md``, "The scheduler
+    over the link"), never writing into a full FIFO; ``run(max_cycles, until_batch=True)``
+    polls until a batch word waits, the core reports an error, ``max_cycles`` cycles of the
+    scheduler's counter pass (TIMEOUT) or ``run_timeout`` seconds pass (TIMEOUT). Events
+    read while waiting for FIFO space are kept for the next ``read_events``. On a core
+    built without the scheduler these raise :class:`LinkError` saying so.
     """
 
     def __init__(self, port, *, lanes, run_timeout=60.0, blocked_polls=20, **kwargs):
         super().__init__(port, word_bytes=lanes, insn_bytes=32, **kwargs)
         self.run_timeout = run_timeout
         self.blocked_polls = blocked_polls
+        self._config = None
+        self._responses = []
+        self._batch_words = []
 
     def soft_reset(self):
         from rtl.core.linked_core import CONTROL_REGISTER
         self.write_register(CONTROL_REGISTER, 1)
+        self._responses.clear()     # the link's FIFOs are emptied too, as in the simulation
+        self._batch_words.clear()
+
+    # --- the scheduler over the link ------------------------------------------------------
+
+    def _sched(self, operation, *args):
+        """A scheduler link-register access; BAD_ADDRESS means the core has no scheduler."""
+        try:
+            return operation(*args)
+        except LinkError as error:
+            if error.status == Status.BAD_ADDRESS:
+                raise LinkError("the core was built without the scheduler (CONFIG bit 3 is "
+                                "clear): serving needs a LinkedCore with scheduler=True",
+                                status=error.status) from None
+            raise
+
+    @property
+    def config(self):
+        """The scheduler's geometry (``sched_queue_depth``, ``sched_inflight``), as
+        ``SimTransport.config`` has it."""
+        if self._config is None:
+            from rtl.core.linked_core import SchedLinkRegister as R
+            info = self._sched(self.read_register, R.INFO)
+            self._config = SchedulerGeometry(info & 0xFFFF, (info >> 16) & 0xFF, info >> 24)
+        return self._config
+
+    def _link_status(self):
+        """``(responses waiting, batch words waiting, request slots free, done slots free)``."""
+        from rtl.core.linked_core import SchedLinkRegister as R
+        value = self._sched(self.read_register, R.STATUS)
+        return tuple((value >> shift) & 0xFF for shift in (0, 8, 16, 24))
+
+    def _drain(self, status=None):
+        """Move the events waiting in the link's FIFOs into the host's lists."""
+        from rtl.core.linked_core import SchedLinkRegister as R
+        responses, words = (status or self._link_status())[:2]
+        for _ in range(responses):
+            value = self.read_register(R.RESPONSE)
+            if not value >> 31:
+                raise LinkError("RESPONSE: the link's response FIFO was empty, out of step "
+                                "with its count")
+            self._responses.append(value & 0x7FFFFFFF)
+        pieces = self.config.batch_pieces
+        for _ in range(words):
+            word = 0
+            for i in range(pieces):
+                value = self.read_register(R.BATCH + i)
+                if not value >> 31:
+                    raise LinkError("BATCH: the link's batch FIFO was empty, out of step with "
+                                    "its count")
+                word |= (value & 0x7FFFFFFF) << (31 * i)
+            self._batch_words.append(word)
+
+    def _push(self, words, slot, what, write):
+        """Write ``words`` with ``write``, each only when ``slot`` of the link status says
+        its FIFO has room (draining events meanwhile, so the scheduler can go on)."""
+        import time
+        deadline = time.monotonic() + self.run_timeout
+        free = 0
+        for word in words:
+            while not free:
+                status = self._link_status()
+                free = status[slot]
+                if not free:
+                    self._drain(status)
+                    if time.monotonic() > deadline:
+                        raise LinkError(f"{what}: the scheduler took nothing for "
+                                        f"{self.run_timeout} s")
+            write(word)
+            free -= 1
+
+    def submit_requests(self, words):
+        from rtl.core.linked_core import SchedLinkRegister as R
+
+        def write(word):
+            word = int(word)
+            if not 0 <= word < 1 << 128:
+                raise ValueError(f"a request word has 128 bits at most, not {word:#x}")
+            for i in range(4):
+                self.write_register(R.REQUEST + i, (word >> (32 * i)) & 0xFFFFFFFF)
+        self._push(list(words), 2, "submit_requests", write)
+
+    def complete_batches(self, tags):
+        from rtl.core.linked_core import SchedLinkRegister as R
+        tags = [int(t) for t in tags]
+        for tag in tags:   # the device drops a tag wider than its port (counted in DROPPED)
+            if not 0 <= tag < 1 << 32:
+                raise ValueError(f"a batch tag is a u32, not {tag}")
+        self._push(tags, 3, "complete_batches",
+                   lambda tag: self.write_register(R.DONE, tag))
+
+    def read_events(self):
+        self._drain()
+        responses, words = self._responses, self._batch_words
+        self._responses, self._batch_words = [], []
+        return responses, words
+
+    def _run_until_batch(self, max_cycles):
+        import time
+
+        from rtl.core.status import Register
+
+        from .transport import RunOutcome, RunResult
+        deadline = time.monotonic() + self.run_timeout
+        start = self._sched(self.read_register, Register.SCHED_NOW)
+        while True:
+            if self.read_register(Register.STATUS) & 2:
+                return RunResult(RunOutcome.ERROR, 0)
+            if self._batch_words or self._link_status()[1]:
+                return RunResult(RunOutcome.BATCH, 0)
+            ran = (self.read_register(Register.SCHED_NOW) - start) & 0xFFFFFFFF
+            if ran >= max_cycles or time.monotonic() > deadline:
+                return RunResult(RunOutcome.TIMEOUT, ran)
 
     def run(self, max_cycles, until_batch=False):
         import time
@@ -196,7 +332,7 @@ class CoreSerialTransport(SerialTransport, Transport):
 
         from .transport import RunOutcome, RunResult
         if until_batch:
-            raise NotImplementedError("serving over the link is not wired yet")
+            return self._run_until_batch(max_cycles)
         deadline = time.monotonic() + self.run_timeout
         blocked = 0
         while True:
