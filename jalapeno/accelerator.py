@@ -187,12 +187,11 @@ class Accelerator:
         n = w.shape[1]
         if to is not None:
             target, dtype = self.CONVERT_TARGETS[to]
-            shifts = self._channel(n, "shift", shift, -64, 64)
+            params = self._params(n, 0, 0, shift, 0, shift_range=(-64, 64))
             if m == 0 or n == 0:
                 return np.zeros((m, n), dtype=dtype)
             if k == 0:
                 raise ValueError("matmul(to=...) needs K >= 1")
-            params = self._params(n, 0, 0, 0, 0, shift_field=shifts)
             result = self._gemm(a, w, mode, PostOp.CONVERT, params, target=target,
                                 wide=target == ConvertTarget.INT16)
             return result.view(dtype if dtype != np.int16 else "<i2")[:m, :n].astype(dtype)
@@ -911,13 +910,13 @@ class Accelerator:
         return v
 
     def _params(self, n, bias, multiplier, shift, zero_point, *, zero_point_bits=8,
-                residual_multiplier=None, extended=False, shift_field=None):
+                residual_multiplier=None, extended=False, shift_range=(-31, 30)):
         """Requantization parameters per tile: PARAM_WORDS words, or PARAM_WORDS_WIDE with
         ``extended`` (16-bit zero points and the residual multipliers, 0 if None).
-        ``shift_field``: the converters' shifts (already checked) instead of ``shift``."""
+        ``shift_range``: the requantizer's (default) or the converters' (-64..64)."""
         bias = self._channel(n, "bias", bias, -(1 << 31), (1 << 31) - 1)
         multiplier = self._channel(n, "multiplier", multiplier, 0, (1 << 31) - 1)
-        shift = self._channel(n, "shift", shift, -31, 30) if shift_field is None else shift_field
+        shift = self._channel(n, "shift", shift, *shift_range)
         zp_limit = 1 << (zero_point_bits - 1)
         zero_point = self._channel(n, "zero_point", zero_point, -zp_limit, zp_limit - 1)
         d = np.zeros(n, np.int64) if residual_multiplier is None else residual_multiplier

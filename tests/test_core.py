@@ -108,7 +108,7 @@ def test_convert_shift_beyond_the_converters_is_an_error(accelerator):
     """A parameter set whose shift the host would refuse (|k| > 64) gives BAD_FIELD."""
     from rtl.isa import ConvertTarget
     a = np.full((3, 4), 0x38)          # E4M3 1.0
-    params = accelerator._params(4, 0, 0, 0, 0, shift_field=np.array([0, 1, 100, 2]))
+    params = accelerator._params(4, 0, 0, [0, 1, 100, 2], 0, shift_range=(-128, 127))
     with pytest.raises(DeviceError) as info:
         accelerator._gemm(a, a.T, MatmulMode.E4M3, PostOp.CONVERT, params,
                           target=ConvertTarget.INT8)

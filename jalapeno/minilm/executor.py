@@ -411,8 +411,6 @@ class ProgramExecutor:
         s_shift = np.broadcast_to(np.asarray(params[f"{to_int.params}.shift"]).reshape(-1), (heads,))
         c_shift = np.broadcast_to(np.asarray(params[f"{to_e4m3.params}.shift"]), (heads * d,))
         tables = np.asarray(params[f"{softmax.params}.table"])
-        blocks = [(h, start, length) for h in range(heads)
-                  for start, length in zip(ctx.starts, ctx.lengths)]
         width = max(ctx.lengths)
 
         def cols(base, h):
@@ -424,9 +422,7 @@ class ProgramExecutor:
         r = 0
         for h in range(heads):
             s_rows, lengths, first = [], [], r
-            for hh, start, length in blocks:
-                if hh != h:
-                    continue
+            for start, length in zip(ctx.starts, ctx.lengths):
                 rows = slice(start, start + length)
                 s = acc.matmul(qkv[rows, cols(scores.q_start, h)], qkv[rows, cols(scores.k_start, h)].T,
                                scores.mode, to="int8", shift=int(s_shift[h]))
@@ -599,17 +595,6 @@ class _Convert:
         return f"Convert({self.matmul.out} -> {self.convert.out}, layer {self.layer})"
 
 
-class _AttentionFP8:
-    """The ops of one FP8 attention block (scores to context), run together."""
-
-    def __init__(self, *ops):
-        self.ops = ops
-        self.layer = ops[0].layer
-
-    def __repr__(self):
-        return f"AttentionFP8(layer {self.layer})"
-
-
 class _Attention:
     """The five ops of one attention block, run together (one program: every sequence and head)."""
 
@@ -618,7 +603,11 @@ class _Attention:
         self.layer = ops[0].layer
 
     def __repr__(self):
-        return f"Attention(layer {self.layer})"
+        return f"{type(self).__name__.lstrip('_')}(layer {self.layer})"
+
+
+class _AttentionFP8(_Attention):
+    """The ops of one FP8 attention block (scores to context), run together."""
 
 
 @dataclass
