@@ -10,6 +10,7 @@ from .matmul.engine import MatmulEngine
 from .numerics.fp8_decoder import FP8Decoder
 from .numerics.fp8_encoder import FP8Encoder
 from .numerics.fp8_multiplier import FP8Multiplier
+from .numerics.fp32_converter import FP32Converter
 from .activation import Activation
 from .layernorm import LayerNorm
 from .numerics.requantizer import Requantizer
@@ -24,6 +25,7 @@ UNITS = {
     "fp8_decoder": FP8Decoder,
     "fp8_encoder": FP8Encoder,
     "fp8_multiplier": FP8Multiplier,
+    "fp32_converter": FP32Converter,  # FP32 x 2**k to E4M3 / INT8 / INT16 (the CONVERT post op)
     "requantizer": Requantizer,
     "requantizer_ext": partial(Requantizer, extended=True),  # + INT16 output and residual term
     "softmax": Softmax,              # rows up to 512, one lane
