@@ -530,20 +530,22 @@ class ArrayRun:
 
 
 ARRAY_CASES = [
-    pytest.param(2, 3, True, ALL_MODES, id="2x3_fp8"),
-    pytest.param(3, 2, True, ALL_MODES, id="3x2_fp8"),
-    pytest.param(4, 4, False, INT_MODES * 2, id="4x4_int"),
+    pytest.param(2, 3, True, ALL_MODES, None, id="2x3_fp8"),
+    pytest.param(3, 2, True, ALL_MODES, None, id="3x2_fp8"),
+    pytest.param(4, 4, False, INT_MODES * 2, None, id="4x4_int"),
+    pytest.param(3, 4, False, INT_MODES * 2, "behavioral", id="3x4_int_pe_pairs"),
 ]
 
 
-@pytest.mark.parametrize("rows,cols,fp8,tile_modes", ARRAY_CASES)
-def test_array_streams_and_double_buffering(rows, cols, fp8, tile_modes):
+@pytest.mark.parametrize("rows,cols,fp8,tile_modes,pe_pairs", ARRAY_CASES)
+def test_array_streams_and_double_buffering(rows, cols, fp8, tile_modes, pe_pairs):
     """Rows streamed one per step through every mode; tiles alternate banks with no
     bubble between them; the same stream with ``advance`` randomly low (also during
-    weight writes) gives the same sums."""
+    weight writes) gives the same sums. PE pairs (dual 8 x 8 multipliers, UINT8 through
+    the addend) give the same sums, later."""
     runs = []
     for stall in (0.0, 0.35):
-        dut = SystolicArray(rows=rows, cols=cols, fp8=fp8)
+        dut = SystolicArray(rows=rows, cols=cols, fp8=fp8, pe_pairs=pe_pairs)
         run = ArrayRun(rows, cols, tile_modes, block=max(rows, cols) + 3, seed=rows * 10 + cols)
         result = run.simulate(dut, stall, seed=17)
         run.check(result, ProductTable(fp8))
@@ -553,14 +555,15 @@ def test_array_streams_and_double_buffering(rows, cols, fp8, tile_modes):
     assert len(run.tiles) >= 2 and run.row_tile == sorted(run.row_tile)
 
 
-def test_array_latency_is_exact():
-    """A lone row in a 2 x 3 array: column c's sum appears exactly column_latency(c)
-    cycles after element 0 entered, not a cycle earlier or later."""
-    dut = SystolicArray(rows=2, cols=3, fp8=False)
+@pytest.mark.parametrize("pe_pairs,cols", [(None, 3), ("behavioral", 4)])
+def test_array_latency_is_exact(pe_pairs, cols):
+    """A lone row in a 2 x 3 array (2 x 4 of PE pairs): column c's sum appears exactly
+    column_latency(c) cycles after element 0 entered, not a cycle earlier or later."""
+    dut = SystolicArray(rows=2, cols=cols, fp8=False, pe_pairs=pe_pairs)
     mode = MatmulMode.INT8
-    w = [[1, 2, 3], [10, 20, 30]]
-    a = [5, 7]    # column sums 75, 150, 225
-    expected = [a[0] * w[0][c] + a[1] * w[1][c] for c in range(3)]
+    w = [[1, 2, 3, -4][:cols], [10, 20, 30, 40][:cols]]
+    a = [5, 7]    # column sums 75, 150, 225 (and 260)
+    expected = [a[0] * w[0][c] + a[1] * w[1][c] for c in range(cols)]
     sum_fields = SumFields(dut.sum_layout)
     timeline = []
 
@@ -572,17 +575,18 @@ def test_array_latency_is_exact():
             ctx.set(dut.weight_enable, 1)
             await ctx.tick()
         ctx.set(dut.weight_enable, 0)
-        for t in range(10):   # element 0 enters in cycle 0, element 1 in cycle 1
+        for t in range(12):   # element 0 enters in cycle 0, element 1 in cycle 1
             lanes = [lane_bits(a[0], 1, 0, mode) if t == 0 else 0,
                      lane_bits(a[1], 1, 0, mode) << LANE.size if t == 1 else 0]
             ctx.set(Value.cast(dut.a), sum(lanes))
             raw = ctx.get(Value.cast(dut.sums))
             timeline.append([sum_fields.unpack_sum(raw >> (c * sum_fields.size))[0]
-                             for c in range(3)])
+                             for c in range(cols)])
             await ctx.tick()
 
     simulate(dut, bench)
-    for c in range(3):
+    assert dut.column_latency(0) == 2 + (1 if pe_pairs is None else 3)
+    for c in range(cols):
         column = [row[c] for row in timeline]
         assert column.index(expected[c]) == dut.column_latency(c), column
         assert column.count(expected[c]) == 1, column

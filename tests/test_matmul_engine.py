@@ -9,6 +9,7 @@ from rtl.matmul.mode import MatmulMode
 from sim.cocotb_runner import run_cocotb
 from sim.golden import matmul as golden
 from sim.matmul_cases import random_codes
+from sim.toolchain import ice40_cell_model
 
 
 SMALL = dict(rows=4, cols=4, max_rows=32)
@@ -61,6 +62,31 @@ def test_engine_integer_only_build_verilator():
                test_module="tests.benches.tb_matmul_engine",
                testcase=["random_problems", "error_status"],
                extra_env=engine_env(**params, fp8=False, seed=31, stall=0.2, problems=8))
+
+
+@pytest.mark.cocotb
+@pytest.mark.parametrize("multiplier", ["behavioral", "sb_mac16"])
+def test_engine_pe_pairs_verilator(multiplier):
+    """PE pairs on dual 8 x 8 multipliers (the iCEBreaker's array): the same results as the
+    golden model. ``sb_mac16`` runs Yosys' own simulation model of the iCE40 DSP, so the
+    primitive's configuration (8 x 8 mode, signedness, registers, addend) is what is tested;
+    6 x 4 with 8 accumulator rows chunks M and keeps rows and columns apart."""
+    params = dict(rows=6, cols=4, max_rows=8)
+    run_cocotb(engine(**params, fp8=False, pe_pairs=multiplier), **ENGINE_BUILD,
+               name=f"matmul_engine_pairs_{multiplier}_6x4",
+               extra_verilog=ice40_cell_model("SB_MAC16") if multiplier == "sb_mac16" else "",
+               test_module="tests.benches.tb_matmul_engine",
+               testcase=["random_problems", "error_status"],
+               extra_env=engine_env(**params, fp8=False, seed=37, stall=0.3, problems=14))
+
+
+def test_engine_pe_pairs_need_an_integer_array_with_even_columns():
+    with pytest.raises(ValueError, match="integer-only"):
+        MatmulEngine(rows=4, cols=4, pe_pairs="behavioral")
+    with pytest.raises(ValueError, match="even column count, not 3"):
+        MatmulEngine(rows=4, cols=3, fp8=False, pe_pairs="behavioral")
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        MatmulEngine(rows=4, cols=4, fp8=False, pe_pairs="dsp48")
 
 
 # -- host tiling ---------------------------------------------------------------------------

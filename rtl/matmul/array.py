@@ -6,14 +6,46 @@ from amaranth.lib.wiring import In, Out
 
 from .partial_sum import column_sum_layout, empty_sum
 from .pe import ActivationLane, ProcessingElement, WeightWrite
+from .multiplier_pair import MultiplierPair, check_implementation
+from .pe_pair import ProcessingElementPair
 
 
-__all__ = ["SystolicArray", "pe_module_name"]
+__all__ = ["SystolicArray", "pe_module_name", "pe_pair_module_name", "check_pe_pairs",
+           "shared_pe_modules", "product_latency"]
+
+
+def check_pe_pairs(cols, fp8, pe_pairs):
+    """Raise ``ValueError`` if an array cannot be built with ``pe_pairs``."""
+    if pe_pairs is None:
+        return
+    if fp8:
+        raise ValueError("PE pairs are integer-only: build the array with fp8=False")
+    if cols % 2:
+        raise ValueError(f"PE pairs need an even column count, not {cols}")
+    check_implementation(pe_pairs)
+
+
+def shared_pe_modules(rows, fp8, pe_pairs=None):
+    """``{name: component}`` of the one shared PE (or PE-pair) module of such an array."""
+    if pe_pairs is not None:
+        return {pe_pair_module_name(rows, pe_pairs):
+                ProcessingElementPair(rows=rows, multiplier=pe_pairs)}
+    return {pe_module_name(rows, fp8): ProcessingElement(rows=rows, fp8=fp8)}
+
+
+def product_latency(pe_pairs):
+    """Cycles from an activation reaching a PE to its product entering the column sum."""
+    return 1 if pe_pairs is None else MultiplierPair.latency
 
 
 def pe_module_name(rows, fp8):
     """Verilog name of the one shared PE module of an array (see ``shared_pe_module``)."""
     return f"jalapeno_pe_{rows}{'_fp8' if fp8 else ''}"
+
+
+def pe_pair_module_name(rows, multiplier):
+    """Verilog name of the shared PE-pair module of an array built with ``pe_pairs``."""
+    return f"jalapeno_pe_pair_{rows}_{multiplier}"
 
 
 class SystolicArray(wiring.Component):
@@ -47,6 +79,13 @@ class SystolicArray(wiring.Component):
         faster; :meth:`verilog_modules` gives the PE component to export beside it
         (``sim.verilog.component_to_verilog`` does). Amaranth's simulator cannot
         run an ``Instance``, so simulate the default (``False``) there.
+    pe_pairs : str, optional
+        Integer arrays with an even column count only: build the array from
+        :class:`~.pe_pair.ProcessingElementPair` (columns 2j and 2j + 1 of a row
+        share one dual 8 x 8 multiplier, the iCE40 ``SB_MAC16``), with this
+        :class:`~.multiplier_pair.MultiplierPair` implementation (``"behavioral"``
+        or ``"sb_mac16"``). Same results; every column two cycles later
+        (:attr:`product_latency`).
 
     Members
     -------
@@ -60,10 +99,12 @@ class SystolicArray(wiring.Component):
         Global pipeline enable: every register but the weights holds when low.
     """
 
-    def __init__(self, *, rows, cols, fp8=True, shared_pe_module=False):
+    def __init__(self, *, rows, cols, fp8=True, shared_pe_module=False, pe_pairs=None):
         for name, value in (("Row", rows), ("Column", cols)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} count must be a positive integer, not {value!r}")
+        check_pe_pairs(cols, fp8, pe_pairs)
+        self._pe_pairs = pe_pairs
         self._rows = rows
         self._cols = cols
         self._fp8 = bool(fp8)
@@ -91,18 +132,29 @@ class SystolicArray(wiring.Component):
     def sum_layout(self):
         return self._sum_layout
 
+    @property
+    def pe_pairs(self):
+        return self._pe_pairs
+
+    @property
+    def product_latency(self):
+        """Cycles from an activation reaching a PE to its product entering the column sum."""
+        return product_latency(self._pe_pairs)
+
     def verilog_modules(self):
         """``{name: component}`` of the Verilog modules this array instantiates."""
         if not self._shared_pe_module:
             return {}
-        return {pe_module_name(self._rows, self._fp8): ProcessingElement(rows=self._rows, fp8=self._fp8)}
+        return shared_pe_modules(self._rows, self._fp8, self._pe_pairs)
 
     def column_latency(self, col):
         """Cycles from element 0 of a (skewed) row entering to column ``col``'s sum."""
-        return self._rows + col + 1
+        return self._rows + col + self.product_latency
 
     def elaborate(self, platform):
         m = Module()
+        if self._pe_pairs is not None:
+            return self._elaborate_pairs(m)
         if self._shared_pe_module:
             pes = [[_PEPorts(self._sum_layout, f"pe_{r}_{c}") for c in range(self._cols)]
                    for r in range(self._rows)]
@@ -131,6 +183,43 @@ class SystolicArray(wiring.Component):
             m.d.comb += self.sums[c].eq(pes[self._rows - 1][c].sum_out)
         return m
 
+    def _elaborate_pairs(self, m):
+        rows, pairs = self._rows, self._cols // 2
+        if self._shared_pe_module:
+            cells = [[_PEPairPorts(self._sum_layout, f"pe_pair_{r}_{j}") for j in range(pairs)]
+                     for r in range(rows)]
+        else:
+            cells = [[ProcessingElementPair(rows=rows, multiplier=self._pe_pairs)
+                      for _ in range(pairs)] for _ in range(rows)]
+        for r, row in enumerate(cells):
+            for j, cell in enumerate(row):
+                if self._shared_pe_module:
+                    ports = {f"{d}_{name}": getattr(cell, name) for d, name in cell.directions()}
+                    m.submodules[f"pe_pair_{r}_{j}"] = Instance(
+                        pe_pair_module_name(rows, self._pe_pairs),
+                        i_clk=ClockSignal("sync"), i_rst=ResetSignal("sync"), **ports)
+                else:
+                    m.submodules[f"pe_pair_{r}_{j}"] = cell
+                m.d.comb += [
+                    cell.advance.eq(self.advance),
+                    cell.a_in.eq(self.a[r] if j == 0 else cells[r][j - 1].a_out),
+                ]
+                for i in range(2):
+                    c = 2 * j + i
+                    weight = getattr(cell, f"weight_{i}")
+                    above = (empty_sum(self._sum_layout) if r == 0
+                             else getattr(cells[r - 1][j], f"sum_out_{i}"))
+                    m.d.comb += [
+                        getattr(cell, f"sum_in_{i}").eq(above),
+                        weight.code.eq(self.weight_row[c]),
+                        weight.bank.eq(self.weight_bank),
+                        weight.enable.eq(self.weight_enable & (self.weight_row_index == r)),
+                    ]
+        for j in range(pairs):
+            for i in range(2):
+                m.d.comb += self.sums[2 * j + i].eq(getattr(cells[rows - 1][j], f"sum_out_{i}"))
+        return m
+
 
 class _PEPorts:
     """The signals wired to one instance of the shared PE module."""
@@ -142,3 +231,26 @@ class _PEPorts:
         self.weight = Signal(WeightWrite, name=f"{name}_weight")
         self.sum_in = Signal(sum_layout, name=f"{name}_sum_in")
         self.sum_out = Signal(sum_layout, name=f"{name}_sum_out")
+
+
+class _PEPairPorts:
+    """The signals wired to one instance of the shared PE-pair module."""
+
+    def __init__(self, sum_layout, name):
+        self.advance = Signal(name=f"{name}_advance")
+        self.a_in = Signal(ActivationLane, name=f"{name}_a_in")
+        self.a_out = Signal(ActivationLane, name=f"{name}_a_out")
+        for i in range(2):
+            setattr(self, f"weight_{i}", Signal(WeightWrite, name=f"{name}_weight_{i}"))
+            setattr(self, f"sum_in_{i}", Signal(sum_layout, name=f"{name}_sum_in_{i}"))
+            setattr(self, f"sum_out_{i}", Signal(sum_layout, name=f"{name}_sum_out_{i}"))
+
+    def directions(self):
+        """(Instance port prefix, member name) of every port."""
+        yield "i", "advance"
+        yield "i", "a_in"
+        yield "o", "a_out"
+        for i in range(2):
+            yield "i", f"weight_{i}"
+            yield "i", f"sum_in_{i}"
+            yield "o", f"sum_out_{i}"

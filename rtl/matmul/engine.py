@@ -7,11 +7,11 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .array import SystolicArray, pe_module_name
+from .array import SystolicArray, check_pe_pairs, product_latency, shared_pe_modules
 from .fp32_rounding import ResultRounder
 from .mode import MAX_EXACT_K, MatmulMode
 from .partial_sum import accumulator_layout, column_to_accumulator, empty_sum, merge_flags
-from .pe import ActivationLane, ProcessingElement
+from .pe import ActivationLane
 
 
 __all__ = ["matmul_pass_layout", "result_row_layout", "MatmulEngine"]
@@ -62,7 +62,7 @@ class MatmulEngine(wiring.Component):
     stalls on ``cmd``, ``weights`` and ``a`` just leave bubbles.
 
     Latency from an A row's transfer to its result row being valid:
-    :attr:`latency` = rows + cols + 5 cycles. Throughput: one A row per cycle,
+    :attr:`latency` = rows + cols + 5 cycles (+ 2 with ``pe_pairs``). Throughput: one A row per cycle,
     i.e. rows x cols MACs per cycle.
 
     Counters (free-running since reset): ``cycle_count`` counts cycles in which
@@ -81,6 +81,10 @@ class MatmulEngine(wiring.Component):
         Export the PE once as a Verilog module instantiated R x C times (see
         :class:`~.array.SystolicArray`): for Verilator and synthesis. Amaranth's
         simulator needs the default, ``False``.
+    pe_pairs : str, optional
+        Integer engines only: pair the PEs on dual 8 x 8 multipliers (one iCE40
+        ``SB_MAC16`` per pair; see :class:`~.array.SystolicArray`), with this
+        multiplier implementation. Same results, two cycles more latency.
 
     Members
     -------
@@ -91,7 +95,8 @@ class MatmulEngine(wiring.Component):
     cycle_count, row_count, stall_count : Out(32)
     """
 
-    def __init__(self, *, rows=16, cols=16, max_rows=512, fp8=True, shared_pe_module=False):
+    def __init__(self, *, rows=16, cols=16, max_rows=512, fp8=True, shared_pe_module=False,
+                 pe_pairs=None):
         for name, value in (("Row", rows), ("Column", cols), ("Accumulator row", max_rows)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} count must be a positive integer, not {value!r}")
@@ -100,6 +105,12 @@ class MatmulEngine(wiring.Component):
         self._max_rows = max_rows
         self._fp8 = bool(fp8)
         self._shared_pe_module = bool(shared_pe_module)
+        self._pe_pairs = pe_pairs
+        try:
+            check_pe_pairs(cols, self._fp8, pe_pairs)
+        except ValueError:
+            self._MustUse__silence = True   # never built: no "created but never used" warning
+            raise
         self._acc_layout = accumulator_layout(self._fp8, MAX_EXACT_K)
         super().__init__({
             "cmd": In(stream.Signature(matmul_pass_layout(max_rows))),
@@ -120,16 +131,16 @@ class MatmulEngine(wiring.Component):
         """``{name: component}`` of the Verilog modules the engine instantiates."""
         if not self._shared_pe_module:
             return {}
-        return {pe_module_name(self._rows, self._fp8): ProcessingElement(rows=self._rows, fp8=self._fp8)}
+        return shared_pe_modules(self._rows, self._fp8, self._pe_pairs)
 
     def _array(self):
         return SystolicArray(rows=self._rows, cols=self._cols, fp8=self._fp8,
-                             shared_pe_module=self._shared_pe_module)
+                             shared_pe_module=self._shared_pe_module, pe_pairs=self._pe_pairs)
 
     @property
     def latency(self):
         """Cycles from an A row's transfer to its result on ``c`` (no backpressure)."""
-        return self._rows + self._cols + 5
+        return self._rows + self._cols + product_latency(self._pe_pairs) + 4
 
     def elaborate(self, platform):
         m = Module()
@@ -145,6 +156,10 @@ class MatmulEngine(wiring.Component):
         pass_ready = Signal(2)    # bank's weights are in, its pass waits to be fed
         feed_done = Signal(2)     # bank's pass has been fed entirely
         pass_info = [Signal(pass_layout, name=f"pass_info_{b}") for b in range(2)]
+        # ``rows == 0`` and ``rows == 1`` of each bank's pass and of the rows left to feed,
+        # kept in registers: the feeder's handshake then waits for no row-count comparator.
+        info_rows_zero = Signal(2)
+        info_rows_one = Signal(2)
         load_bank = Signal()
         loading = Signal()
         load_row = Signal(range(rows))
@@ -158,9 +173,17 @@ class MatmulEngine(wiring.Component):
             m.d.comb += self.cmd.ready.eq(~loaded.bit_select(load_bank, 1))
             with m.If(self.cmd.valid & self.cmd.ready):
                 with m.If(load_bank):
-                    m.d.sync += pass_info[1].eq(self.cmd.payload)
+                    m.d.sync += [
+                        pass_info[1].eq(self.cmd.payload),
+                        info_rows_zero[1].eq(self.cmd.payload.rows == 0),
+                        info_rows_one[1].eq(self.cmd.payload.rows == 1),
+                    ]
                 with m.Else():
-                    m.d.sync += pass_info[0].eq(self.cmd.payload)
+                    m.d.sync += [
+                        pass_info[0].eq(self.cmd.payload),
+                        info_rows_zero[0].eq(self.cmd.payload.rows == 0),
+                        info_rows_one[0].eq(self.cmd.payload.rows == 1),
+                    ]
                 m.d.comb += set_loaded.eq(1 << load_bank)
                 m.d.sync += [loading.eq(1), load_row.eq(0)]
         with m.Else():
@@ -187,25 +210,39 @@ class MatmulEngine(wiring.Component):
         available = Signal()
         m.d.comb += available.eq(feeding | pass_ready.bit_select(feed_bank, 1))
         rows_left = Mux(feeding, feed_rows_left, current.rows)
+        feed_left_zero = Signal()
+        feed_left_one = Signal()
+        left_zero = Mux(feeding, feed_left_zero, info_rows_zero.bit_select(feed_bank, 1))
+        left_one = Mux(feeding, feed_left_one, info_rows_one.bit_select(feed_bank, 1))
         index = Mux(feeding, feed_index, 0)
         inject = Signal()
         m.d.comb += [
-            self.a.ready.eq(advance & available & (rows_left != 0)),
+            self.a.ready.eq(advance & available & ~left_zero),
             inject.eq(self.a.valid & self.a.ready),
         ]
         with m.If(available):
             with m.If(~feeding):
                 m.d.comb += clear_ready.eq(1 << feed_bank)
-            finishing = (rows_left == 0) | (inject & (rows_left == 1))
+            finishing = left_zero | (inject & left_one)
             with m.If(finishing):
                 m.d.sync += [feeding.eq(0), feed_bank.eq(~feed_bank)]
                 m.d.comb += set_done.eq(1 << feed_bank)
             with m.Else():
                 m.d.sync += feeding.eq(1)
                 with m.If(inject):
-                    m.d.sync += [feed_rows_left.eq(rows_left - 1), feed_index.eq(index + 1)]
+                    m.d.sync += [
+                        feed_rows_left.eq(rows_left - 1),
+                        feed_left_zero.eq(left_one),
+                        feed_left_one.eq(rows_left == 2),
+                        feed_index.eq(index + 1),
+                    ]
                 with m.Else():
-                    m.d.sync += [feed_rows_left.eq(rows_left), feed_index.eq(index)]
+                    m.d.sync += [
+                        feed_rows_left.eq(rows_left),
+                        feed_left_zero.eq(left_zero),
+                        feed_left_one.eq(left_one),
+                        feed_index.eq(index),
+                    ]
 
         mode_valid = current.mode.as_value() <= (MatmulMode.E5M2_E4M3.value if self._fp8
                                                  else MatmulMode.UINT8.value)
@@ -252,7 +289,7 @@ class MatmulEngine(wiring.Component):
         for c in range(cols):
             m.d.comb += d_sums[c].eq(delay(array.sums[c], cols - 1 - c, f"deskew_{c}"))
         d_tag = Signal(tag_layout)
-        m.d.comb += d_tag.eq(delay(s_in_tag, rows + cols, "tag"))
+        m.d.comb += d_tag.eq(delay(s_in_tag, array.column_latency(cols - 1), "tag"))
 
         # -- Accumulator: read row at D, add and write back at E -----------------------------
         entry_layout = data.StructLayout({
@@ -292,7 +329,7 @@ class MatmulEngine(wiring.Component):
             m.d.sync += f_tag.error.eq(e_entry.error)
         rounders = []
         for c in range(cols):
-            rounder = ResultRounder(self._acc_layout.size - 4)
+            rounder = ResultRounder(self._acc_layout.size - 4, fp8=self._fp8)
             m.submodules[f"rounder_{c}"] = rounder
             m.d.comb += [
                 rounder.sum.eq(f_entry.sums[c]),

@@ -26,7 +26,8 @@ class ResultRounder(wiring.Component):
     0x7FC00000; one infinity gives ±Inf; an exact zero is -0 if ``neg_zero``,
     else +0.
 
-    Integer modes: the low 32 bits of ``value`` (the exact INT32 sum).
+    Integer modes: the low 32 bits of ``value`` (the exact INT32 sum). Built with
+    ``fp8=False`` (an integer-only engine) it is just that, in two registers.
 
     Stage 1 finds the magnitude and its leading one, stage 2 normalizes and
     rounds. Latency :attr:`latency` (2); one result per cycle when ``advance``.
@@ -41,8 +42,9 @@ class ResultRounder(wiring.Component):
 
     latency = 2
 
-    def __init__(self, width):
+    def __init__(self, width, *, fp8=True):
         self._width = width
+        self._fp8 = bool(fp8)
         super().__init__({
             "sum": In(data.StructLayout({"value": signed(width), "nan": 1, "pos_inf": 1,
                                          "neg_inf": 1, "neg_zero": 1})),
@@ -55,6 +57,11 @@ class ResultRounder(wiring.Component):
         m = Module()
         mag_width = self._width - 1
         value = self.sum.value
+        if not self._fp8:
+            s1_low = Signal(32)
+            with m.If(self.advance):
+                m.d.sync += [s1_low.eq(value[:32]), self.result.eq(s1_low)]
+            return m
 
         s1_magnitude = Signal(unsigned(mag_width))
         s1_msb = Signal(range(mag_width))
