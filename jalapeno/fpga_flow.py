@@ -84,7 +84,7 @@ from rtl.boards.engine_payload import EnginePayload
 from rtl.boards.icebreaker import ICEBREAKER
 from rtl.boards.pll import DEFAULT_TOLERANCE
 from rtl.boards.ulx3s import ULX3S
-from rtl.matmul.array import pe_module_name
+from rtl.matmul.array import pe_module_name, pe_pair_module_name
 
 
 __all__ = [
@@ -147,6 +147,9 @@ class BoardFlow:
         ``bit`` (ECP5, loaded over JTAG) or ``bin`` (iCE40, written to SPI flash).
     resources : dict
         Report key -> nextpnr BEL type counted for it.
+    pe_pairs : str, optional
+        The engine payload's array is built from PE pairs on dual 8 x 8 multipliers with
+        this implementation (``"sb_mac16"``: two PEs per iCE40 DSP).
     """
     spec: object
     default_mhz: float
@@ -162,6 +165,7 @@ class BoardFlow:
     nextpnr_opts: str
     bitstream_suffix: str
     resources: dict
+    pe_pairs: str = None
 
     @property
     def lanes(self):
@@ -194,12 +198,13 @@ BOARDS = {
         bitstream_suffix="bit",
         resources={"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D",
                    "bram": "DP16KD"}),
-    # 4 x 2 INT8 on 8 of the 8 SB_MAC16.
+    # 4 x 4 INT8: two PEs per SB_MAC16 (its 8 x 8 mode), all 8 of them.
     "icebreaker": BoardFlow(
         spec=ICEBREAKER, default_mhz=21, payload="engine", core=ICEBREAKER_CORE, rows=4,
-        cols=2, max_rows=512, dsp_blocks=8, core_dsps=0, synth_opts="-dsp", abc9=True, nextpnr_opts="", bitstream_suffix="bin",
+        cols=4, max_rows=512, dsp_blocks=8, core_dsps=0, synth_opts="-dsp", abc9=True, nextpnr_opts="", bitstream_suffix="bin",
         resources={"lut": "ICESTORM_LC", "ff": "ICESTORM_LC", "dsp": "ICESTORM_DSP",
-                   "bram": "ICESTORM_RAM"}),
+                   "bram": "ICESTORM_RAM"},
+        pe_pairs="sb_mac16"),
 }
 
 # Yosys cell types (after synthesis) counted in the report's "synthesis" section.
@@ -317,7 +322,8 @@ def _tool_versions(env, family, rpt_path):
 
 # -- Mixed DSP / LUT multipliers ---------------------------------------------------------------
 
-def pe_script(top, rows, cols, dsp_budget, *, module=None, keep_pe_registers=True):
+def pe_script(top, rows, cols, dsp_budget, *, module=None, keep_pe_registers=True,
+              pe_pairs=None):
     """Yosys commands (for ``script_after_read``) preparing the array's PEs.
 
     The PEs are instances ``pe_<r>_<c>`` of the shared module ``module`` (by
@@ -331,15 +337,27 @@ def pe_script(top, rows, cols, dsp_budget, *, module=None, keep_pe_registers=Tru
     - PEs beyond ``dsp_budget`` (the last ``rows * cols - dsp_budget`` in
       row-major order) are switched to a copy of the module whose ``$mul`` is a
       radix-4 Booth multiplier in LUTs.
+    - ``pe_pairs`` (the array is made of PE pairs, module
+      :func:`~rtl.matmul.array.pe_pair_module_name`): each pair instantiates its DSP
+      itself, so there is nothing to switch; more pairs than ``dsp_budget`` is an error.
+      The design must then have no other multiplier (it is synthesized without
+      ``-dsp``, see :func:`_synthesis_overrides`): the script asserts it.
 
     Returns
     -------
     (str, int)
         The script and the number of LUT-multiplier PEs.
     """
+    if pe_pairs is not None:
+        module = module or pe_pair_module_name(rows, pe_pairs)
+        if rows * cols // 2 > dsp_budget:
+            raise FPGAFlowError(f"a {rows} x {cols} array of PE pairs needs {rows * cols // 2} "
+                                f"DSP blocks; this device has {dsp_budget} for them")
     module = module or pe_module_name(rows, False)
-    excess = max(0, rows * cols - max(0, dsp_budget))
+    excess = 0 if pe_pairs is not None else max(0, rows * cols - max(0, dsp_budget))
     lines = [f"hierarchy -top {top}", "proc"]
+    if pe_pairs is not None:
+        lines.append("select -assert-none t:$mul")     # synthesized without -dsp
     if keep_pe_registers:
         lines.append(f"setattr -set keep 1 {module}/t:*dff*")
     if excess:
@@ -610,14 +628,24 @@ def _payload(flow, payload, rows, cols, max_rows, payload_factory):
     rows = flow.rows if rows is None else rows
     cols = flow.cols if cols is None else cols
     max_rows = flow.max_rows if max_rows is None else max_rows
-    factory = payload_factory or partial(EnginePayload, rows=rows, cols=cols, max_rows=max_rows)
+    factory = payload_factory or partial(EnginePayload, rows=rows, cols=cols, max_rows=max_rows,
+                                         pe_pairs=flow.pe_pairs)
     return factory, rows, cols, max_rows, None
 
 
-def _synthesis_overrides(flow, name):
-    """``synth_opts`` and ``script_after_synth`` (see :class:`BoardFlow`, ``abc9``)."""
+def _synthesis_overrides(flow, name, pe_pairs=None):
+    """``synth_opts`` and ``script_after_synth`` (see :class:`BoardFlow`, ``abc9``).
+
+    An array of PE pairs instantiates its ``SB_MAC16`` cells itself, and then
+    ``synth_ice40`` runs without ``-dsp``: its ``ice40_dsp`` pass takes every
+    ``SB_MAC16`` it finds for a 16 x 16 multiplier and rewrites its configuration (8 x 8
+    mode, registers and adders lost). :func:`pe_script` asserts that no multiplier is
+    left for ``-dsp`` to map.
+    """
     stat = f"tee -q -o {name}.stat.json stat -json -top {name}"
     opts = flow.synth_opts
+    if pe_pairs is not None:
+        opts = " ".join(opt for opt in opts.split() if opt != "-dsp")
     if flow.abc9:
         return opts, stat
     synth = f"synth_{flow.spec.family}"
@@ -655,11 +683,12 @@ def prepare(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, ma
     env = tool_environment()
     _check_tools(spec.family, env)
 
-    top = BoardTop(spec, factory, frequency_mhz=target, tolerance=tolerance)
     name = spec.name
+    pe_pairs = flow.pe_pairs if payload == "engine" and payload_factory is None else None
     script, lut_pes = pe_script(name, rows, cols, flow.dsp_blocks - dsp_reserve,
-                                keep_pe_registers=keep_pe_registers)
-    synth_opts, after_synth = _synthesis_overrides(flow, name)
+                                keep_pe_registers=keep_pe_registers, pe_pairs=pe_pairs)
+    top = BoardTop(spec, factory, frequency_mhz=target, tolerance=tolerance)
+    synth_opts, after_synth = _synthesis_overrides(flow, name, pe_pairs)
     overrides = {
         "nextpnr_opts": (f"--report nextpnr_report.json --timing-allow-fail --seed {int(seed)} "
                          f"{flow.nextpnr_opts} {nextpnr_opts}").strip(),
@@ -854,8 +883,12 @@ def board_verilog(board, out_dir, frequency_mhz=None):
         top = out_dir / f"{board}.v"
         shutil.copyfile(Path(tmp) / f"{prepared.name}.debug.v", top)
     written = [top]
-    fp8 = prepared.core.get("fp8", True) if prepared.payload == "core" else False
-    modules = shared_pe_modules(prepared.rows, fp8, True)
+    if prepared.payload == "engine" and flow.pe_pairs is not None:
+        from rtl.matmul.array import shared_pe_modules as array_pe_modules
+        modules = array_pe_modules(prepared.rows, False, flow.pe_pairs)
+    else:
+        fp8 = prepared.core.get("fp8", True) if prepared.payload == "core" else False
+        modules = shared_pe_modules(prepared.rows, fp8, True)
     for name, component in modules.items():
         path = out_dir / f"{name}.v"
         path.write_text(verilog.convert(component, name=name, emit_src=False))

@@ -315,18 +315,40 @@ def test_real_openfpgaloader_without_its_libraries(bitstream, monkeypatch):
 # -- Synthesis smoke tests (Yosys only) --------------------------------------------------------
 
 @pytest.mark.synth
-@pytest.mark.parametrize("board,dsp_cell,pll_cell", [
-    ("ulx3s", "MULT18X18D", "EHXPLLL"), ("icebreaker", "SB_MAC16", "SB_PLL40_PAD")])
-def test_board_top_synthesizes_with_dsps(tmp_path, board, dsp_cell, pll_cell):
-    """A 2 x 1 engine on each board: one PE on a DSP, the other with a LUT multiplier."""
-    reserve = BOARDS[board].dsp_blocks - 1
-    prepared = prepare(board, tmp_path, rows=2, cols=1, max_rows=16, dsp_reserve=reserve,
+def test_ulx3s_top_synthesizes_with_dsps(tmp_path):
+    """A 2 x 1 engine on the ULX3S: one PE on a DSP, the other with a LUT multiplier."""
+    reserve = BOARDS["ulx3s"].dsp_blocks - 1
+    prepared = prepare("ulx3s", tmp_path, rows=2, cols=1, max_rows=16, dsp_reserve=reserve,
                        payload="engine")
     assert prepared.lut_pes == 1
     cells = synthesize(prepared)
-    assert cells[dsp_cell] == 1 and cells["dsp"] == 1, cells
-    assert cells[pll_cell] == 1, cells
+    assert cells["MULT18X18D"] == 1 and cells["dsp"] == 1, cells
+    assert cells["EHXPLLL"] == 1, cells
     assert cells["lut4"] > 0 and cells["ff"] > 0
+
+
+@pytest.mark.synth
+def test_icebreaker_top_synthesizes_pe_pairs_on_dsps(tmp_path):
+    """A 2 x 2 engine on the iCEBreaker: its two PE pairs are two SB_MAC16 in 8 x 8 mode, and
+    no multiplier is left for Yosys to map (it would need a third DSP or LUTs)."""
+    prepared = prepare("icebreaker", tmp_path, rows=2, cols=2, max_rows=16, payload="engine")
+    assert prepared.lut_pes == 0
+    cells = synthesize(prepared)
+    assert cells["SB_MAC16"] == 2 and cells["dsp"] == 2, cells
+    assert cells["SB_PLL40_PAD"] == 1, cells
+    assert cells["lut4"] > 0 and cells["ff"] > 0
+    netlist = json.loads((tmp_path / "icebreaker.json").read_text())
+    dsps = [cell for module in netlist["modules"].values() for cell in module["cells"].values()
+            if cell["type"] == "SB_MAC16"]
+    assert len(dsps) == 2
+    for dsp in dsps:
+        assert int(dsp["parameters"]["MODE_8x8"], 2) == 1, dsp["parameters"]
+        assert int(dsp["parameters"]["A_SIGNED"], 2) == int(dsp["parameters"]["B_SIGNED"], 2) == 1
+
+
+def test_pe_pairs_beyond_the_dsps_are_an_error(tmp_path):
+    with pytest.raises(FPGAFlowError, match="needs 9 DSP blocks; this device has 8"):
+        prepare("icebreaker", tmp_path, rows=3, cols=6, payload="engine")
 
 
 # -- The core as the payload ------------------------------------------------------------------
@@ -362,7 +384,8 @@ def test_ulx3s_builds_the_core_behind_the_link(tmp_path):
 
 def test_icebreaker_builds_the_engine_payload(tmp_path):
     prepared = prepare("icebreaker", tmp_path)
-    assert prepared.payload == "engine" and (prepared.rows, prepared.cols) == (4, 2)
+    assert prepared.payload == "engine" and (prepared.rows, prepared.cols) == (4, 4)
+    assert "jalapeno_pe_pair_4_sb_mac16" in (tmp_path / "icebreaker.ys").read_text()
     with pytest.raises(FPGAFlowError, match="rows and cols only apply to the engine"):
         prepare("ulx3s", tmp_path, rows=2, cols=2)
     with pytest.raises(FPGAFlowError, match="unknown payload"):
@@ -372,7 +395,9 @@ def test_icebreaker_builds_the_engine_payload(tmp_path):
 def test_board_verilog_is_what_yosys_reads(tmp_path):
     from jalapeno.fpga_flow import board_verilog
     paths = board_verilog("icebreaker", tmp_path)
-    assert [p.name for p in paths] == ["icebreaker.v", "jalapeno_pe_4.v"]
+    assert [p.name for p in paths] == ["icebreaker.v", "jalapeno_pe_pair_4_sb_mac16.v"]
     top = paths[0].read_text()
-    assert "module icebreaker" in top and "SB_PLL40_PAD" in top and "jalapeno_pe_4" in top
-    assert "module jalapeno_pe_4" in paths[1].read_text()
+    assert "module icebreaker" in top and "SB_PLL40_PAD" in top
+    assert "jalapeno_pe_pair_4_sb_mac16" in top
+    pair = paths[1].read_text()
+    assert "module jalapeno_pe_pair_4_sb_mac16" in pair and "SB_MAC16" in pair

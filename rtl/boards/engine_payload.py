@@ -9,9 +9,8 @@ from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from ..matmul.array import pe_module_name
+from ..matmul.array import check_pe_pairs, shared_pe_modules
 from ..matmul.engine import MatmulEngine
-from ..matmul.pe import ProcessingElement
 
 
 __all__ = ["EnginePayload"]
@@ -57,6 +56,9 @@ class EnginePayload(wiring.Component):
     clk_frequency : float, optional
         The ``sync`` clock in Hz (the board top passes it to every payload;
         unused here).
+    pe_pairs : str, optional
+        Build the array from PE pairs on dual 8 x 8 multipliers
+        (:class:`~rtl.matmul.engine.MatmulEngine`); ``"sb_mac16"`` on the iCE40.
 
     Members
     -------
@@ -70,9 +72,11 @@ class EnginePayload(wiring.Component):
     uart_tx: Out(1, init=1)
     led_error: Out(1)
 
-    def __init__(self, *, rows=16, cols=16, max_rows=512, clk_frequency=None, seed=1):
+    def __init__(self, *, rows=16, cols=16, max_rows=512, clk_frequency=None, seed=1,
+                 pe_pairs=None):
         try:
             self._check(rows, cols, max_rows, seed)
+            check_pe_pairs(cols, False, pe_pairs)
         except (TypeError, ValueError):
             self._MustUse__silence = True   # never built: no "created but never used" warning
             raise
@@ -80,6 +84,7 @@ class EnginePayload(wiring.Component):
         self._cols = cols
         self._max_rows = max_rows
         self._seed = seed
+        self._pe_pairs = pe_pairs
         self.clk_frequency = clk_frequency
         super().__init__()
 
@@ -102,13 +107,14 @@ class EnginePayload(wiring.Component):
 
     def verilog_modules(self):
         """``{name: component}`` of the shared Verilog modules the engine instantiates."""
-        return {pe_module_name(self._rows, False): ProcessingElement(rows=self._rows, fp8=False)}
+        return shared_pe_modules(self._rows, False, self._pe_pairs)
 
     def elaborate(self, platform):
         m = Module()
         rows, cols = self._rows, self._cols
         m.submodules.engine = engine = MatmulEngine(
-            rows=rows, cols=cols, max_rows=self._max_rows, fp8=False, shared_pe_module=True)
+            rows=rows, cols=cols, max_rows=self._max_rows, fp8=False, shared_pe_module=True,
+            pe_pairs=self._pe_pairs)
 
         # -- Pseudo-random pool ----------------------------------------------------------------
         row_bits = self._max_rows.bit_length() - 1
