@@ -200,7 +200,7 @@ BOARDS = {
                    "bram": "DP16KD"}),
     # 4 x 4 INT8: two PEs per SB_MAC16 (its 8 x 8 mode), all 8 of them.
     "icebreaker": BoardFlow(
-        spec=ICEBREAKER, default_mhz=21, payload="engine", core=ICEBREAKER_CORE, rows=4,
+        spec=ICEBREAKER, default_mhz=36, payload="engine", core=ICEBREAKER_CORE, rows=4,
         cols=4, max_rows=512, dsp_blocks=8, core_dsps=0, synth_opts="-dsp", abc9=True, nextpnr_opts="", bitstream_suffix="bin",
         resources={"lut": "ICESTORM_LC", "ff": "ICESTORM_LC", "dsp": "ICESTORM_DSP",
                    "bram": "ICESTORM_RAM"},
