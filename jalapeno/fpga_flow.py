@@ -685,7 +685,9 @@ def prepare(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, ma
 
     name = spec.name
     pe_pairs = flow.pe_pairs if payload == "engine" and payload_factory is None else None
+    fp8_core = bool(core and core.get("fp8", True))
     script, lut_pes = pe_script(name, rows, cols, flow.dsp_blocks - dsp_reserve,
+                                module=None if pe_pairs else pe_module_name(rows, fp8_core),
                                 keep_pe_registers=keep_pe_registers, pe_pairs=pe_pairs)
     top = BoardTop(spec, factory, frequency_mhz=target, tolerance=tolerance)
     synth_opts, after_synth = _synthesis_overrides(flow, name, pe_pairs)

@@ -5,7 +5,7 @@ import os
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
+from cocotb.triggers import FallingEdge
 
 from sim.golden import multiplier_pair as golden
 
@@ -38,14 +38,18 @@ async def exhaustive(dut):
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.rst.value = 0
     got = {0: np.zeros(n, dtype=np.int64), 1: np.zeros(n, dtype=np.int64)}
+    ports = {name: getattr(dut, name) for name in stim}
+    outputs = [dut.p_0, dut.p_1]
+    masks = {name: 0xFF if name[0] in "ab" else 0xFFFF for name in stim}
+    columns = {name: [int(v) & masks[name] for v in values] for name, values in stim.items()}
+    # Inputs change and outputs are read at falling edges: one await per cycle.
+    await FallingEdge(dut.clk)
     for t in range(n):
-        for name, values in stim.items():
-            getattr(dut, name).value = int(values[t]) & (0xFF if name[0] in "ab" else 0xFFFF)
-        await RisingEdge(dut.clk)
-        await ReadOnly()
+        for name, port in ports.items():
+            port.value = columns[name][t]
+        await FallingEdge(dut.clk)                   # the rising edge of cycle t is behind
         for i in (0, 1):
-            got[i][t] = getattr(dut, f"p_{i}").value.to_unsigned()
-        await FallingEdge(dut.clk)
+            got[i][t] = outputs[i].value.to_unsigned()
     for i in (0, 1):
         expected = golden.run(stim[f"a_{i}"], stim[f"b_{i}"], stim[f"c_{i}"], stim["en"])
         bad = np.flatnonzero(got[i] != expected)
