@@ -71,7 +71,8 @@ def _build(args):
     from .fpga_flow import FPGAFlowError, build
 
     try:
-        report = build(args.board, args.out, args.frequency, seed=args.seed, payload=args.payload)
+        report = build(args.board, args.out, args.frequency, seed=args.seed, payload=args.payload,
+                       fp8=args.fp8)
     except (FPGAFlowError, PLLError) as error:   # TimingError too: the report is written
         print(f"jalapeno: {error}", file=sys.stderr)
         return 1
@@ -118,6 +119,8 @@ def build_parser():
     p.add_argument("--payload", choices=("core", "engine"),
                    help="the accelerator core behind the UART link, or the placeholder "
                         "matmul engine (default: the board's; docs/fpga.md)")
+    p.add_argument("--fp8", action="store_true",
+                   help="build the core with its FP8 modes (ULX3S: 30 MHz by default)")
     p.set_defaults(func=_build)
     p = sub.add_parser("flash", help="program a board with openFPGALoader (builds if needed)")
     p.add_argument("--board", required=True, choices=boards)

@@ -150,6 +150,8 @@ class BoardFlow:
     pe_pairs : str, optional
         The engine payload's array is built from PE pairs on dual 8 x 8 multipliers with
         this implementation (``"sb_mac16"``: two PEs per iCE40 DSP).
+    fp8_mhz : float, optional
+        Default ``sync`` frequency of the core built with its FP8 modes (``fp8=True``).
     """
     spec: object
     default_mhz: float
@@ -166,6 +168,7 @@ class BoardFlow:
     bitstream_suffix: str
     resources: dict
     pe_pairs: str = None
+    fp8_mhz: float = None
 
     @property
     def lanes(self):
@@ -197,7 +200,8 @@ BOARDS = {
         max_rows=512, dsp_blocks=156, core_dsps=13, synth_opts="", abc9=False, nextpnr_opts="--router router2",
         bitstream_suffix="bit",
         resources={"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D",
-                   "bram": "DP16KD"}),
+                   "bram": "DP16KD"},
+        fp8_mhz=30),
     # 4 x 4 INT8: two PEs per SB_MAC16 (its 8 x 8 mode), all 8 of them.
     "icebreaker": BoardFlow(
         spec=ICEBREAKER, default_mhz=36, payload="engine", core=ICEBREAKER_CORE, rows=4,
@@ -609,12 +613,15 @@ class PreparedBuild:
 PAYLOADS = ("core", "engine")
 
 
-def _payload(flow, payload, rows, cols, max_rows, payload_factory):
+def _payload(flow, payload, rows, cols, max_rows, payload_factory, fp8=False):
     """(factory, rows, cols, max_rows, core parameters) of a build."""
     if payload not in PAYLOADS:
         raise FPGAFlowError(f"unknown payload {payload!r}; choose one of {PAYLOADS}")
+    if fp8 and (payload != "core" or payload_factory is not None):
+        raise FPGAFlowError("fp8 applies to the board's core (payload 'core'); the engine "
+                            "payload is INT8-only")
     if payload == "core":
-        core = dict(flow.core)
+        core = dict(flow.core, fp8=True) if fp8 else dict(flow.core)
         if hasattr(payload_factory, "core_args"):     # a core_payload_factory of its own
             core = dict(payload_factory.core_args, memory_words=payload_factory.memory_words)
         lanes = core.get("lanes", 16)
@@ -663,7 +670,7 @@ def _synthesis_overrides(flow, name, pe_pairs=None):
 def prepare(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, max_rows=None,
             seed=1, payload=None, payload_factory=None, dsp_reserve=None,
             tolerance=DEFAULT_TOLERANCE, nextpnr_opts="", keep_pe_registers=True,
-            debug_verilog=False):
+            debug_verilog=False, fp8=False):
     """Elaborate ``board``'s top and write the build files into ``out_dir``.
 
     Takes the parameters of :func:`build` (but ``progress``) and returns a
@@ -675,10 +682,11 @@ def prepare(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, ma
     start = time.monotonic()
     payload = flow.payload if payload is None else payload
     factory, rows, cols, max_rows, core = _payload(flow, payload, rows, cols, max_rows,
-                                                   payload_factory)
+                                                   payload_factory, fp8)
     if dsp_reserve is None:
         dsp_reserve = flow.core_dsps if payload == "core" else 0
-    target = flow.default_mhz if frequency_mhz is None else float(frequency_mhz)
+    default_mhz = flow.fp8_mhz if fp8 and flow.fp8_mhz else flow.default_mhz
+    target = default_mhz if frequency_mhz is None else float(frequency_mhz)
     out_dir = Path(default_out_dir(board) if out_dir is None else out_dir).resolve()
     env = tool_environment()
     _check_tools(spec.family, env)
@@ -741,7 +749,7 @@ def synthesize(prepared):
 
 def build(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, max_rows=None,
           seed=1, progress=print, payload=None, payload_factory=None, dsp_reserve=None,
-          tolerance=DEFAULT_TOLERANCE, nextpnr_opts="", keep_pe_registers=True):
+          tolerance=DEFAULT_TOLERANCE, nextpnr_opts="", keep_pe_registers=True, fp8=False):
     """Build ``board``'s bitstream and write ``<out_dir>/report.json``.
 
     Parameters
@@ -776,6 +784,8 @@ def build(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, max_
     keep_pe_registers : bool
         Keep Yosys from merging the PEs' flip-flops with identical ones (see
         :func:`pe_script`).
+    fp8 : bool
+        Build the board's core with its FP8 modes (default clock ``BoardFlow.fp8_mhz``).
 
     Returns
     -------
@@ -798,11 +808,12 @@ def build(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, max_
     prepared = prepare(board, out_dir, frequency_mhz, rows=rows, cols=cols, max_rows=max_rows,
                        seed=seed, payload=payload, payload_factory=payload_factory,
                        dsp_reserve=dsp_reserve, tolerance=tolerance, nextpnr_opts=nextpnr_opts,
-                       keep_pe_registers=keep_pe_registers)
+                       keep_pe_registers=keep_pe_registers, fp8=fp8)
     out_dir, name, family = prepared.out_dir, prepared.name, flow.spec.family
     rows, cols, pll_mhz, lut_pes = prepared.rows, prepared.cols, prepared.pll_mhz, prepared.lut_pes
     what = "core" if prepared.payload == "core" else "placeholder engine payload"
-    say(f"{board}: {what}, {rows} x {cols} INT8 array ({rows * cols} MACs/cycle"
+    kinds = "INT8 + FP8" if prepared.core and prepared.core.get("fp8") else "INT8"
+    say(f"{board}: {what}, {rows} x {cols} {kinds} array ({rows * cols} MACs/cycle"
         + (f", {lut_pes} PEs with LUT multipliers" if lut_pes else "")
         + f"), sync clock {pll_mhz:.3f} MHz (asked {prepared.target_mhz:g}), in {out_dir}")
     seconds = {"elaborate": prepared.elaborate_seconds}

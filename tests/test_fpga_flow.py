@@ -382,6 +382,17 @@ def test_ulx3s_builds_the_core_behind_the_link(tmp_path):
                                                        - BOARDS["ulx3s"].core_dsps))
 
 
+def test_ulx3s_core_with_fp8(tmp_path):
+    """``fp8=True`` (``jalapeno build --fp8``): the same core with its FP8 modes, its FP8 PE
+    module, the board's FP8 default clock; the INT8-only engine payload refuses it."""
+    prepared = prepare("ulx3s", tmp_path, fp8=True)
+    assert prepared.core["fp8"] is True and prepared.target_mhz == BOARDS["ulx3s"].fp8_mhz == 30
+    script = (tmp_path / "ulx3s.ys").read_text()
+    assert "jalapeno_pe_8_fp8" in script
+    with pytest.raises(FPGAFlowError, match="engine payload is INT8-only"):
+        prepare("icebreaker", tmp_path, fp8=True)
+
+
 def test_icebreaker_builds_the_engine_payload(tmp_path):
     prepared = prepare("icebreaker", tmp_path)
     assert prepared.payload == "engine" and (prepared.rows, prepared.cols) == (4, 4)
