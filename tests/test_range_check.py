@@ -1,8 +1,10 @@
+# amaranth: UnusedElaboratable=no
 """RangeCheck (rtl/core/range_check.py): the operand-extent checker of the load, compute and
 store units, in the Amaranth simulator against the rule of its docstring, on random and
 boundary extents; ``done`` comes exactly ``count + 3`` cycles after ``start``."""
 
 import numpy as np
+import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
@@ -75,3 +77,13 @@ def test_range_check_against_the_rule():
     sim.add_testbench(bench)
     sim.run()
     assert checked["bad"] > 20 and checked["good"] > 20
+
+
+def test_range_check_rows_fit_in_24_bits():
+    """The multiplier takes 24-bit rows: a wider rows value is refused when connected, not
+    truncated."""
+    RangeCheck(1).connect_extents([Extent(Signal(16), Signal(24), Signal(16), Signal(16), 100)])
+    with pytest.raises(ValueError, match="24 bits"):
+        RangeCheck(1).connect_extents([Extent(Signal(16), Signal(25), Signal(16), Signal(16), 100)])
+    with pytest.raises(ValueError, match="24 bits"):
+        RangeCheck(1).connect_extents([Extent(0, 1 << 24, 0, 1, 100)])

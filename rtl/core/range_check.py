@@ -1,6 +1,6 @@
 """A sequential checker of 2-D address ranges, one multiplier for all of an instruction's operands."""
 
-from amaranth.hdl import Array, Module, Signal
+from amaranth.hdl import Array, Module, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -28,8 +28,16 @@ class RangeCheck(wiring.Component):
 
     Three pipeline stages, so that no path runs from the instruction's fields through the
     extent multiplexer, the multiplier and the comparison in one cycle (the ULX3S core's
-    critical path when it was one stage): the extent selected by the running index is
-    registered, then ``(rows - 1) * stride``, then ``product + base + cols > limit``.
+    critical path when it was one stage):
+
+    1. the fields of the extent at the running index are registered as connected,
+       with no arithmetic between the unit's values and the multiplexer (this stage
+       was the next critical path when it also formed ``rows - 1`` and ``base + cols``);
+    2. ``rows * stride``, ``base + cols``, ``limit + stride`` and whether the extent
+       is checked at all;
+    3. ``rows * stride + base + cols > limit + stride``: for ``rows >= 1`` the same as
+       ``base + (rows - 1) * stride + cols > limit`` (exact: nothing is truncated but
+       ``base + cols`` and ``limit`` to ``width + 1`` bits and ``stride`` to ``width``).
     """
 
     def __init__(self, count, width=32):
@@ -40,6 +48,10 @@ class RangeCheck(wiring.Component):
 
     def connect_extents(self, extents):
         assert len(extents) <= self._count
+        for e in extents:
+            rows_width = e.rows.bit_length() if isinstance(e.rows, int) else len(Value.cast(e.rows))
+            if rows_width > 24:
+                raise ValueError(f"An extent's rows must fit in 24 bits, not {rows_width}")
         self._extents = list(extents)
 
     def elaborate(self, platform):
@@ -49,35 +61,43 @@ class RangeCheck(wiring.Component):
         n = len(extents)
         index = Signal(range(n + 1))
         running = Signal()
-        rows = Array(Signal(24, name=f"rows_{i}") for i in range(n))
-        strides = Array(Signal(w, name=f"stride_{i}") for i in range(n))
-        ends = Array(Signal(w + 1, name=f"end_{i}") for i in range(n))
-        limits = Array(Signal(w + 1, name=f"limit_{i}") for i in range(n))
-        active = Array(Signal(name=f"active_{i}") for i in range(n))
-        for i, e in enumerate(extents):
-            m.d.comb += [
-                rows[i].eq(e.rows - 1),
-                strides[i].eq(e.stride),
-                ends[i].eq(e.base + e.cols),
-                limits[i].eq(e.limit),
-                active[i].eq(e.enable & (e.rows != 0) & (e.cols != 0)),
-            ]
-        # Stage 1: the extent at ``index``.
+
+        def width_of(value):
+            return value.bit_length() if isinstance(value, int) else len(Value.cast(value))
+
+        def array(name, least):
+            """Every extent's ``name``, in signals of at least ``least`` bits (wide enough
+            that ``!= 0`` sees every bit of the connected value)."""
+            width = max([least] + [width_of(getattr(e, name)) for e in extents])
+            signals = Array(Signal(width, name=f"{name}_{i}") for i in range(n))
+            for i, e in enumerate(extents):
+                m.d.comb += signals[i].eq(getattr(e, name))
+            return signals
+
+        rows, strides = array("rows", 24), array("stride", w)
+        bases, cols = array("base", w + 1), array("cols", w + 1)
+        limits, enables = array("limit", w + 1), array("enable", 1)
+
+        # Stage 1: the extent at ``index``, as connected.
         sel_rows, sel_stride = Signal(24), Signal(w)
-        sel_end, sel_limit = Signal(w + 1), Signal(w + 1)
-        sel_active, sel_valid, sel_last = Signal(), Signal(), Signal()
+        sel_base, sel_cols, sel_limit = Signal(w + 1), Signal(len(cols[0])), Signal(w + 1)
+        sel_enable, sel_valid, sel_last = Signal(), Signal(), Signal()
         m.d.sync += [
-            sel_rows.eq(rows[index]), sel_stride.eq(strides[index]), sel_end.eq(ends[index]),
-            sel_limit.eq(limits[index]), sel_active.eq(active[index]),
+            sel_rows.eq(rows[index]), sel_stride.eq(strides[index]),
+            sel_base.eq(bases[index]), sel_cols.eq(cols[index]), sel_limit.eq(limits[index]),
+            sel_enable.eq(enables[index]),
             sel_valid.eq(running & (index < n)), sel_last.eq(index == n - 1),
         ]
-        # Stage 2: the product.
+        # Stage 2: the product, the end and the limit.
         product = Signal(24 + w)
-        mul_end, mul_limit = Signal(w + 1), Signal(w + 1)
+        mul_end, mul_limit = Signal(w + 1), Signal(w + 2)
         mul_active, mul_valid, mul_last = Signal(), Signal(), Signal()
         m.d.sync += [
-            product.eq(sel_rows * sel_stride), mul_end.eq(sel_end), mul_limit.eq(sel_limit),
-            mul_active.eq(sel_active), mul_valid.eq(sel_valid), mul_last.eq(sel_last),
+            product.eq(sel_rows * sel_stride),
+            mul_end.eq(sel_base + sel_cols),
+            mul_limit.eq(sel_limit + sel_stride),
+            mul_active.eq(sel_enable & (sel_rows != 0) & (sel_cols != 0)),
+            mul_valid.eq(sel_valid), mul_last.eq(sel_last),
         ]
         # Stage 3: the comparison.
         with m.If(self.start):

@@ -117,7 +117,8 @@ class HostBridge(wiring.Component):
     and the CRC is updated every byte. ``timeout_cycles`` consecutive cycles without
     a byte inside a frame end it with TIMEOUT.
 
-    Judging (one cycle, after the last CRC byte), first failure wins: BAD_CRC,
+    Judging (one cycle, after the last CRC byte; all but the CRC comparison is computed
+    in two register stages while the CRC bytes arrive), first failure wins: BAD_CRC,
     BAD_OPCODE, BAD_LENGTH (a length impossible for the opcode, a payload over
     ``max_payload``, a READ_MEM count of 0 or whose response exceeds
     ``max_payload``), BAD_ADDRESS (an access beyond ``memory_words``, an index at or
@@ -246,7 +247,8 @@ class HostBridge(wiring.Component):
         received = Signal(16)                 # payload bytes received so far
         head = Signal(48)                     # the first six payload bytes
         crc_rx = Signal(16, init=CRC16_INIT)  # over opcode, length, payload
-        crc_got = Signal(16)                  # the frame's CRC field
+        crc_low = Signal(8)                   # the low byte of the frame's CRC field
+        last_index = Signal(16)               # length - 1: the index of the last payload byte
         idle = Signal(range(self._timeout_cycles))
 
         address = head[0:32]                  # WRITE_MEM, READ_MEM; counts up as words go
@@ -269,42 +271,58 @@ class HostBridge(wiring.Component):
         rd_address_valid = Signal()
         rd_waiting = Signal()
 
-        # --- judging (combinational, from the registered fields) ---------------------------
-        write_words = Signal(16)
+        # --- judging, pipelined ---------------------------------------------------------------
+        # Every field a verdict depends on except the CRC (opcode, length, head) is final once
+        # the frame reaches CRC_LOW, and CRC_LOW and CRC_HIGH each last at least a cycle: so
+        # two free-running register stages computed from those fields hold the frame's
+        # verdict pieces by JUDGE, and JUDGE only combines four registered bits (the frame
+        # length logic used to be the ULX3S core's critical path, from ``opcode`` through
+        # the address adder and comparison into the verdict and ``words_left``).
+        # Stage A: from the fields.
+        write_words = Signal(16)              # WRITE_MEM: words in the payload
         span = Signal(16)                     # words a memory access touches
-        in_memory = Signal()
-        m.d.comb += [
-            write_words.eq((length - 4) >> wb_log2),
-            span.eq(Mux(opcode == Opcode.READ_MEM, read_count, write_words)),
-            in_memory.eq(address + span <= self._memory_words),  # 33 bits: no wrap-around
-        ]
+        known_a, length_ok_a = Signal(), Signal()
+        memory_op, register_op, register_ok = Signal(), Signal(), Signal()
         low_bits_ok = (length[:wb_log2] == 4 % wb) if wb_log2 else Const(1)
         verdicts = {
-            Opcode.PING: (length <= max_payload, Const(1)),
-            Opcode.WRITE_MEM: (
-                (length <= max_payload) & (length >= 4 + wb) & low_bits_ok, in_memory),
-            Opcode.READ_MEM: (
-                (length == 6) & (read_count != 0) & (read_count <= max_payload // wb),
-                in_memory),
-            Opcode.PUSH_INSN: (
-                (length <= max_payload) & (length != 0)
-                & ((length[:insn_log2] == 0) if insn_log2 else Const(1)), Const(1)),
-            Opcode.READ_REG: ((length == 2), reg_index < self._register_count),
-            Opcode.WRITE_REG: ((length == 6), reg_index < self._register_count),
+            Opcode.PING: length <= max_payload,
+            Opcode.WRITE_MEM: (length <= max_payload) & (length >= 4 + wb) & low_bits_ok,
+            Opcode.READ_MEM: (length == 6) & (read_count != 0) & (read_count <= max_payload // wb),
+            Opcode.PUSH_INSN: ((length <= max_payload) & (length != 0)
+                               & ((length[:insn_log2] == 0) if insn_log2 else Const(1))),
+            Opcode.READ_REG: length == 2,
+            Opcode.WRITE_REG: length == 6,
         }
         known = Signal()
         length_ok = Signal()
-        address_ok = Signal()
         with m.Switch(opcode):
-            for code, (len_ok, addr_ok) in verdicts.items():
+            for code, len_ok in verdicts.items():
                 with m.Case(code):
-                    m.d.comb += [known.eq(1), length_ok.eq(len_ok), address_ok.eq(addr_ok)]
+                    m.d.comb += [known.eq(1), length_ok.eq(len_ok)]
+        m.d.sync += [
+            write_words.eq((length - 4) >> wb_log2),
+            span.eq(Mux(opcode == Opcode.READ_MEM, read_count, (length - 4) >> wb_log2)),
+            known_a.eq(known),
+            length_ok_a.eq(length_ok),
+            memory_op.eq((opcode == Opcode.WRITE_MEM) | (opcode == Opcode.READ_MEM)),
+            register_op.eq((opcode == Opcode.READ_REG) | (opcode == Opcode.WRITE_REG)),
+            register_ok.eq(reg_index < self._register_count),
+        ]
+        # Stage B: the address check (33 bits: no wrap-around).
+        known_b, length_ok_b, address_ok_b = Signal(), Signal(), Signal()
+        m.d.sync += [
+            known_b.eq(known_a),
+            length_ok_b.eq(length_ok_a),
+            address_ok_b.eq(Mux(memory_op, address + span <= self._memory_words,
+                                ~register_op | register_ok)),
+        ]
+        crc_ok = Signal()                     # registered in CRC_HIGH
         verdict = Signal(8)
         m.d.comb += verdict.eq(
-            Mux(crc_got != crc_rx, Status.BAD_CRC,
-                Mux(~known, Status.BAD_OPCODE,
-                    Mux(~length_ok, Status.BAD_LENGTH,
-                        Mux(~address_ok, Status.BAD_ADDRESS, Status.OK)))))
+            Mux(~crc_ok, Status.BAD_CRC,
+                Mux(~known_b, Status.BAD_OPCODE,
+                    Mux(~length_ok_b, Status.BAD_LENGTH,
+                        Mux(~address_ok_b, Status.BAD_ADDRESS, Status.OK)))))
 
         # --- the transmit register ----------------------------------------------------------
         tx_free = ~tx.valid | tx.ready
@@ -396,7 +414,8 @@ class HostBridge(wiring.Component):
                 on_timeout()
                 with m.If(rx_take):
                     take()
-                    m.d.sync += [length[8:].eq(byte), received.eq(0)]
+                    m.d.sync += [length[8:].eq(byte), received.eq(0),
+                                 last_index.eq(Cat(length[:8], byte) - 1)]
                     with m.If(Cat(length[:8], byte) == 0):
                         m.next = "CRC_LOW"
                     with m.Else():
@@ -417,21 +436,21 @@ class HostBridge(wiring.Component):
                         for i in range(6):
                             with m.Case(i):
                                 m.d.sync += head[8 * i:8 * i + 8].eq(byte)
-                    with m.If(received == length - 1):
+                    with m.If(received == last_index):
                         m.next = "CRC_LOW"
 
             with m.State("CRC_LOW"):
                 m.d.comb += rx.ready.eq(1)
                 on_timeout()
                 with m.If(rx_take):
-                    m.d.sync += crc_got[:8].eq(byte)
+                    m.d.sync += crc_low.eq(byte)
                     m.next = "CRC_HIGH"
 
             with m.State("CRC_HIGH"):
                 m.d.comb += rx.ready.eq(1)
                 on_timeout()
                 with m.If(rx_take):
-                    m.d.sync += crc_got[8:].eq(byte)
+                    m.d.sync += crc_ok.eq(Cat(crc_low, byte) == crc_rx)
                     m.next = "JUDGE"
 
             with m.State("JUDGE"):
