@@ -886,7 +886,7 @@ def board_verilog(board, out_dir, frequency_mhz=None):
 
     from amaranth.back import verilog
 
-    from rtl.core.compute_unit import shared_pe_modules
+    from rtl.matmul.array import shared_pe_modules
 
     flow = _board(board)
     out_dir = Path(out_dir)
@@ -896,12 +896,9 @@ def board_verilog(board, out_dir, frequency_mhz=None):
         top = out_dir / f"{board}.v"
         shutil.copyfile(Path(tmp) / f"{prepared.name}.debug.v", top)
     written = [top]
-    if prepared.payload == "engine" and flow.pe_pairs is not None:
-        from rtl.matmul.array import shared_pe_modules as array_pe_modules
-        modules = array_pe_modules(prepared.rows, False, flow.pe_pairs)
-    else:
-        fp8 = prepared.core.get("fp8", True) if prepared.payload == "core" else False
-        modules = shared_pe_modules(prepared.rows, fp8, True)
+    fp8 = prepared.core.get("fp8", True) if prepared.payload == "core" else False
+    pe_pairs = flow.pe_pairs if prepared.payload == "engine" else None
+    modules = shared_pe_modules(prepared.rows, fp8, pe_pairs)
     for name, component in modules.items():
         path = out_dir / f"{name}.v"
         path.write_text(verilog.convert(component, name=name, emit_src=False))

@@ -10,10 +10,9 @@ from ..activation import Activation
 from ..isa import (PARAM_WORDS, PARAM_WORDS_WIDE, Bank, ConvertTarget, Instruction, Opcode, PostOp,
                    TableTarget)
 from ..layernorm import LayerNorm
-from ..matmul.array import pe_module_name
+from ..matmul import array
 from ..matmul.engine import MatmulEngine
 from ..matmul.mode import MatmulMode
-from ..matmul.pe import ProcessingElement
 from ..softmax import Softmax
 from .absent_unit import AbsentUnit
 from .buffer_reader import BufferReader
@@ -33,9 +32,7 @@ _TAG_WEIGHT, _TAG_PARAM, _TAG_TABLE, _TAG_RESIDUAL = 0, 1, 2, 3
 
 def shared_pe_modules(lanes, fp8, shared):
     """The PE Verilog module the engine instantiates when ``shared`` (see MatmulEngine)."""
-    if not shared:
-        return {}
-    return {pe_module_name(lanes, fp8): ProcessingElement(rows=lanes, fp8=fp8)}
+    return array.shared_pe_modules(lanes, fp8) if shared else {}
 
 
 class ComputeUnit(wiring.Component):
