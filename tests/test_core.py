@@ -23,8 +23,10 @@ from sim.golden.requantizer import quantize_multipliers, requantize
 
 pytestmark = pytest.mark.cocotb
 
-#: The small core: a 4 x 4 array (4-byte words), 4096-word buffers, 128-row passes.
+#: The small core: a 4 x 4 array (4-byte words), 8192-word INP and WGT, a 4096-word OUT,
+#: 128-row passes. Tests that depend on the buffer sizes take them from here.
 CONFIG = PRESETS["small"]
+INP_WORDS, WGT_WORDS, OUT_WORDS = CONFIG.inp_words, CONFIG.wgt_words, CONFIG.out_words
 
 
 @pytest.fixture(scope="module")
@@ -118,19 +120,20 @@ def test_convert_shift_beyond_the_converters_is_an_error(accelerator):
 
 
 def test_matmul_with_k_beyond_half_the_weight_buffer(accelerator):
-    """K = 2,200 (2,200 WGT words per output tile, half of WGT is 2,048): the blocks use the
-    whole buffer one after the other; RAW, REQUANT with a residual, CONVERT."""
+    """K = half of WGT + 152 (as many WGT words per output tile: 4,248 of 8,192): the blocks
+    use the whole buffer one after the other; RAW, REQUANT with a residual, CONVERT."""
+    k = WGT_WORDS // 2 + 152
     rng = np.random.default_rng(21)
-    a, w = random_codes(rng, (9, 2200), 0), random_codes(rng, (2200, 9), 0)
+    a, w = random_codes(rng, (9, k), 0), random_codes(rng, (k, 9), 0)
     assert np.array_equal(accelerator.matmul(a, w, 0), golden_matmul(a, w, 0))
-    x, w8, kwargs, expected = residual_linear_case(rng, 9, 2200, 9, 2, True, True)
+    x, w8, kwargs, expected = residual_linear_case(rng, 9, k, 9, 2, True, True)
     assert np.array_equal(accelerator.linear(x, w8, **kwargs), expected)
     from sim.golden import fp_convert
-    a, w = random_codes(rng, (6, 2200), 2) & 0xBB, random_codes(rng, (2200, 5), 2) & 0xBB
+    a, w = random_codes(rng, (6, k), 2) & 0xBB, random_codes(rng, (k, 5), 2) & 0xBB
     got = accelerator.matmul(a, w, MatmulMode.E4M3, to="int16", shift=-4)
     assert np.array_equal(got, fp_convert.fp32_to_int16(golden_matmul(a, w, MatmulMode.E4M3), -4))
     with pytest.raises(ValueError, match="too large for the weight buffer"):
-        accelerator.matmul(np.zeros((2, 4100), int), np.zeros((4100, 3), int), 0)
+        accelerator.matmul(np.zeros((2, WGT_WORDS + 4), int), np.zeros((WGT_WORDS + 4, 3), int), 0)
 
 
 def test_matmul_many_blocks_and_row_chunks(accelerator):
@@ -153,6 +156,10 @@ def linear_case(rng, m, k, n):
                           zero_point[None, :])
     return (x, w, dict(bias=bias, multiplier=multiplier, shift=shift, zero_point=zero_point),
             expected)
+
+
+#: A K whose A rows fill INP in chunks of 64 rows (K = 512: k_tiles = 128 words per row).
+K_INP_64_ROWS = CONFIG.lanes * INP_WORDS // 64
 
 
 @pytest.mark.parametrize("shape", [(5, 7, 6), (70, 33, 21), (129, 64, 9)])
@@ -200,9 +207,9 @@ def linear_cls_case(rng, m, k, n, cls_rows):
     ((2, 4, 4), 1),
     # M = 300 in 3 chunks of up to 128 rows: the later chunks have no class-1 rows.
     ((300, 40, 10), 3),
-    # K = 256: 64-row chunks (INP), 7 tiles per weight half, N = 30 in 2 blocks; the first
+    # K = 512: 64-row chunks (INP), 3 tiles per weight block, N = 30 in 3 blocks; the first
     # two chunks are all class 1 (param_base at the class-1 set), the third has 2 of them.
-    ((140, 256, 30), 130),
+    ((140, K_INP_64_ROWS, 30), 130),
     ((9, 5, 3), 9),     # every row class 1
 ])
 def test_linear_row_classes(accelerator, shape, cls_rows):
@@ -264,9 +271,9 @@ def residual_linear_case(rng, m, k, n, cls_rows, wide, residual):
     ((1, 1, 1), 0, True, True),
     # 300 rows in 3 chunks, the class boundary in the first.
     ((300, 40, 10), 3, True, True),
-    # K = 256: INP-limited 64-row chunks, N = 30 in several blocks, the first two chunks
+    # K = 512: INP-limited 64-row chunks, N = 30 in several blocks, the first two chunks
     # all class 1; the residual rows share each WGT half with the weights.
-    ((140, 256, 30), 130, True, True),
+    ((140, K_INP_64_ROWS, 30), 130, True, True),
     ((9, 5, 3), 9, False, True),
 ], ids=["wide", "residual-int8", "wide-residual", "one", "chunks-classes", "blocks-classes",
         "all-class-1"])
@@ -321,7 +328,7 @@ def test_linear_row_classes_host_validation(accelerator):
 @pytest.mark.parametrize("t", [1, 4, 37, 128])
 def test_softmax_masks_and_lengths(accelerator, t):
     rng = np.random.default_rng(t)
-    m = 70   # more rows than fit one INP half at T = 128: several chunks
+    m = 70   # several chunks (of ROWWISE_CHUNK_WORDS = 512 words: 16 rows at T = 128)
     scores = random_codes(rng, (m, t), 0).astype(np.uint8).view(np.int8)
     table = golden_softmax.exp_table(rng.uniform(0.01, 0.2))
     lengths = rng.integers(0, t + 1, m)
@@ -516,7 +523,7 @@ def test_requantize_residual_in_many_chunks(accelerator):
     """More rows than one INP half holds: the residual rows go through alternating WGT halves."""
     from sim.golden.int16_ops import requantize_residual_int16
     rng = np.random.default_rng(77)
-    m, n = 700, 9   # 12 INT32 words per row: 170 rows per INP half
+    m, n = 700, 9   # 12 INT32 words per row: 341 rows per INP half (4,096 words)
     acc, residual, d, params = requant_case(rng, m, n, 16)
     p = {k: v[None] for k, v in params.items()}
     expected = requantize_residual_int16(acc, residual, d[None], p["bias"], p["multiplier"],
@@ -638,42 +645,49 @@ def test_unknown_opcode_is_an_error(accelerator):
 
 
 @pytest.mark.parametrize("opcode, fields, unit", [
-    (Opcode.LOAD, dict(bank=Bank.INP, sram_base=4090, sram_stride=1, rows=7, cols=1), 1),
+    (Opcode.LOAD, dict(bank=Bank.INP, sram_base=INP_WORDS - 6, sram_stride=1, rows=7, cols=1), 1),
     (Opcode.LOAD, dict(bank=Bank.WGT, sram_base=0, sram_stride=0, rows=2, cols=1,
                        dram_base=CONFIG.dram_words // 2, dram_stride=CONFIG.dram_words // 2), 1),
     (Opcode.LOAD, dict(bank=Bank.WGT, rows=2, cols=1, dram_base=CONFIG.dram_words - 1,
                        dram_stride=1), 1),
-    (Opcode.STORE, dict(bank=Bank.OUT, sram_base=0, sram_stride=4096, rows=2, cols=1), 3),
+    (Opcode.STORE, dict(bank=Bank.OUT, sram_base=0, sram_stride=OUT_WORDS, rows=2, cols=1), 3),
     (Opcode.STORE, dict(bank=Bank.COUNTERS, sram_base=10, rows=1, cols=10), 3),
-    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, a_base=4095, a_stride=1), 2),
-    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, w_base=4000, w_stride=40), 2),
-    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, transpose_w=1, w_base=4000, w_stride=30), 2),
-    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.REQUANT, param_base=4090), 2),
-    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, out_base=4094), 2),
-    # Class-1 parameters: 2 tiles x 10 words from 4080 end at 4100 (normal ones fit).
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, a_base=INP_WORDS - 1, a_stride=1), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, w_base=WGT_WORDS - 96, w_stride=40), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, transpose_w=1, w_base=WGT_WORDS - 96,
+                       w_stride=30), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, post=PostOp.REQUANT,
+                       param_base=WGT_WORDS - 6), 2),
+    # GEMM results go to out_bank INP (0) unless told otherwise.
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=1, out_base=INP_WORDS - 2), 2),
+    # Class-1 parameters: 2 tiles x 10 words from WGT - 16 end at WGT + 4 (normal ones fit).
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, post=PostOp.REQUANT, param_base=0,
-                       cls_rows=1, cls_param_base=4080), 2),
-    # 13-word sets with ``wide``: 2 tiles from 4072 end at 4098 (10-word ones would fit).
-    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, post=PostOp.REQUANT, wide=1, param_base=4072), 2),
+                       cls_rows=1, cls_param_base=WGT_WORDS - 16), 2),
+    # 13-word sets with ``wide``: 2 tiles from WGT - 24 end at WGT + 2 (10-word ones would fit).
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, post=PostOp.REQUANT, wide=1,
+                       param_base=WGT_WORDS - 24), 2),
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, post=PostOp.REQUANT, residual=1, param_base=0,
-                       cls_rows=1, cls_param_base=4072, res_base=100, res_stride=2), 2),
-    # Residual rows: 4 rows of 2 tiles at stride 3 from 4086 end at 4097.
+                       cls_rows=1, cls_param_base=WGT_WORDS - 24, res_base=100, res_stride=2), 2),
+    # Residual rows: 4 rows of 2 tiles at stride 3 from WGT - 10 end at WGT + 1.
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, post=PostOp.REQUANT, residual=1, param_base=0,
-                       res_base=4086, res_stride=3), 2),
-    # INT16 results take 2 words per tile: 4 rows of 4 from 4084 end at 4100.
+                       res_base=WGT_WORDS - 10, res_stride=3), 2),
+    # INT16 results take 2 words per tile: 4 rows of 4 from INP - 12 end at INP + 4.
     (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, post=PostOp.REQUANT, wide=1, param_base=0,
-                       out_base=4084, out_stride=4), 2),
-    (Opcode.TABLE, dict(base=4090, count=256), 2),
-    (Opcode.SOFTMAX, dict(rows=2, words=3, src_base=4094, src_stride=3, dst_base=0), 2),
-    (Opcode.LAYERNORM, dict(rows=3, words=4, dst_bank=Bank.OUT, dst_base=4090, dst_stride=4), 2),
-    # INT16 rows take 2 x words INP words: 4090 + 8 > 4096 (4090 + 4 would fit).
-    (Opcode.LAYERNORM, dict(rows=1, words=4, wide=1, dst_bank=Bank.OUT, src_base=4090), 2),
-    (Opcode.REQUANT, dict(rows=1, words=1, src_base=4093, param_base=0), 2),
-    (Opcode.REQUANT, dict(rows=1, words=2, param_base=4080), 2),
-    (Opcode.REQUANT, dict(rows=1, words=2, wide=1, param_base=4084), 2),     # 13 words: 4097
-    (Opcode.REQUANT, dict(rows=1, words=1, residual=1, param_base=4085), 2),     # 13 words: 4098
-    (Opcode.REQUANT, dict(rows=2, words=1, residual=1, res_base=4095, res_stride=1), 2),
-    (Opcode.REQUANT, dict(rows=3, words=4, wide=1, residual=1, res_base=4000, res_stride=48), 2),
+                       out_base=INP_WORDS - 12, out_stride=4), 2),
+    (Opcode.TABLE, dict(base=WGT_WORDS - 6, count=256), 2),
+    (Opcode.SOFTMAX, dict(rows=2, words=3, src_base=INP_WORDS - 2, src_stride=3, dst_base=0), 2),
+    (Opcode.LAYERNORM, dict(rows=3, words=4, dst_bank=Bank.OUT, dst_base=OUT_WORDS - 6,
+                            dst_stride=4), 2),
+    # INT16 rows take 2 x words INP words: INP - 6 + 8 > INP (INP - 6 + 4 would fit).
+    (Opcode.LAYERNORM, dict(rows=1, words=4, wide=1, dst_bank=Bank.OUT,
+                            src_base=INP_WORDS - 6), 2),
+    (Opcode.REQUANT, dict(rows=1, words=1, src_base=INP_WORDS - 3, param_base=0), 2),
+    (Opcode.REQUANT, dict(rows=1, words=2, param_base=WGT_WORDS - 16), 2),
+    (Opcode.REQUANT, dict(rows=1, words=2, wide=1, param_base=WGT_WORDS - 12), 2),  # 13: +1
+    (Opcode.REQUANT, dict(rows=1, words=1, residual=1, param_base=WGT_WORDS - 11), 2),  # +2
+    (Opcode.REQUANT, dict(rows=2, words=1, residual=1, res_base=WGT_WORDS - 1, res_stride=1), 2),
+    (Opcode.REQUANT, dict(rows=3, words=4, wide=1, residual=1, res_base=WGT_WORDS - 96,
+                          res_stride=48), 2),
 ], ids=["load-sram", "load-dram-stride", "load-dram-end", "store-sram", "store-counters",
         "gemm-a", "gemm-w", "gemm-wt", "gemm-params", "gemm-out", "gemm-cls-params",
         "gemm-wide-params", "gemm-residual-cls-params", "gemm-residual", "gemm-wide-out",
@@ -776,7 +790,7 @@ def test_host_side_validation(accelerator):
     with pytest.raises(ValueError, match="2-D"):
         accelerator.matmul(np.zeros(3, int), np.zeros((3, 2), int), 0)
     with pytest.raises(ValueError, match="too large for the weight buffer"):
-        accelerator.matmul(np.zeros((1, 4097), int), np.zeros((4097, 1), int), 0)
+        accelerator.matmul(np.zeros((1, WGT_WORDS + 1), int), np.zeros((WGT_WORDS + 1, 1), int), 0)
 
 
 @pytest.mark.parametrize("t, d, length, causal", [
@@ -835,7 +849,8 @@ def test_attention_heads_in_one_program(accelerator):
 
 
 def test_attention_head_too_large_for_the_buffers_is_a_clear_error(accelerator):
-    x = np.zeros((128, 4), dtype=np.int8)
+    x = np.zeros((128, 4), dtype=np.int8)   # Q, S and P: 128 + 2 x 128 x 32 INP words
+    assert 128 + 2 * 128 * 32 > INP_WORDS
     with pytest.raises(ValueError, match="does not fit the on-chip buffers"):
         accelerator.attention_head(x, x, x, score_params=dict(bias=0, multiplier=1 << 30, shift=0),
                                    softmax_table=golden_softmax.exp_table(0.1),
