@@ -52,6 +52,7 @@ passes here, see docs/minilm.md).
 The FP8 (E4M3) program (``build_e4m3``) is described in docs/minilm.md.
 """
 
+import fcntl
 import hashlib
 import json
 import math
@@ -1108,11 +1109,21 @@ def load_or_build(dtype="int8", cache_dir=None, weights=None, calibration=None, 
     if path.is_file():
         with open(path, "rb") as f:
             return pickle.load(f)
-    builder = build_int8 if dtype == "int8" else build_e4m3
-    model = builder(weights, calibration, **options)
+    # One builder per model: a process that finds another building it (pytest-xdist
+    # workers, two CLI runs) waits for it and loads its result.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
-    return model
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if path.is_file():
+                with open(path, "rb") as f:
+                    return pickle.load(f)
+            builder = build_int8 if dtype == "int8" else build_e4m3
+            model = builder(weights, calibration, **options)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            with open(tmp, "wb") as f:
+                pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)
+            return model
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
