@@ -116,7 +116,7 @@ def synthesize(verilog_path, top, family, workdir=None):
     and ``cells`` (see the module docstring).
 
     ``workdir`` keeps Yosys' inputs and outputs (``design.v``, ``synth.ys``,
-    ``yosys.log``, ``stat.json``); by default a temporary directory is used and
+    ``yosys.log``, ``stat.json`` and the netlist ``netlist.json``); by default a temporary directory is used and
     removed afterwards.
 
     Raises ValueError for an unknown family or a top name that is not a Verilog
@@ -143,12 +143,13 @@ def synthesize(verilog_path, top, family, workdir=None):
 def _run(yosys, verilog_path, top, family, workdir):
     synth_cmd, groups = FAMILIES[family]
     shutil.copyfile(verilog_path, workdir / "design.v")
-    for stale in ("stat.json", "yosys.log"):
+    for stale in ("stat.json", "yosys.log", "netlist.json"):
         (workdir / stale).unlink(missing_ok=True)
     (workdir / "synth.ys").write_text(
         "read_verilog design.v\n"
         f"{synth_cmd} -top {top}\n"
-        f"tee -q -o stat.json stat -json -top {top}\n")
+        f"tee -q -o stat.json stat -json -top {top}\n"
+        "write_json netlist.json\n")
 
     proc = subprocess.run(
         [yosys, "-q", "-l", "yosys.log", "synth.ys"],

@@ -190,22 +190,24 @@ class PECycle:
         self.advance = advance
 
 
-def pe_model(cycles, products):
+def pe_model(cycles, products, latency=1):
     """Expected ``(a_out lane bits, sum_out tuple)`` after each cycle's clock edge.
 
-    Registers start at zero (so ``s1`` holds a bubble); they move only when
-    ``advance``; weight writes land at every edge; a product uses the weight
-    register named by the lane's bank as it was before the edge.
+    Registers start at zero (so the ``latency`` product stages hold bubbles); they
+    move only when ``advance``; weight writes land at every edge; a product uses the
+    weight register named by the lane's bank as it was before the edge, and meets
+    the ``sum_in`` of the ``latency``-th advancing cycle after its own.
     """
     weights = [0, 0]
-    s1_term = IDENTITY
+    terms = [IDENTITY] * latency        # the product stages, the oldest last
     a_out, sum_out = 0, (0, 0, 0, 0, 0)
     expected = []
     for cy in cycles:
         if cy.advance:
             code, valid, bank, mode = cy.lane
-            sum_out = add_sums(cy.sum_in, s1_term)
-            s1_term = products.term(code, weights[bank], mode) if valid else IDENTITY
+            sum_out = add_sums(cy.sum_in, terms[-1])
+            term = products.term(code, weights[bank], mode) if valid else IDENTITY
+            terms = [term] + terms[:-1]
             a_out = lane_bits(*cy.lane)
         if cy.weight is not None:
             weights[cy.weight[1]] = cy.weight[0]
@@ -246,7 +248,7 @@ def run_pe(pe, cycles):
 
 def check_pe(pe, cycles, products):
     got = run_pe(pe, cycles)
-    expected = pe_model(cycles, products)
+    expected = pe_model(cycles, products, pe.product_latency)
 
     def describe(i):
         prev = [(cycles[j].lane, cycles[j].sum_in) for j in range(max(0, i - 2), i + 1)]
@@ -387,9 +389,13 @@ def test_pe_weight_banks_independent():
     assert values == [3 * 5, 3 * -7, 2 * 5, 2 * -7, 1 * 5, 1 * 11, 4 * -2], values
 
 
-def test_pe_random_advance_and_writes():
-    """Random advance, random weight writes (also while frozen), random modes per lane."""
-    pe = ProcessingElement(rows=4, fp8=True)
+@pytest.mark.parametrize("multiplier", [None, "behavioral"], ids=["inferred", "registered"])
+def test_pe_random_advance_and_writes(multiplier):
+    """Random advance, random weight writes (also while frozen), random modes per lane.
+    With a registered multiplier (operand and product registers, the ECP5 DSP's) every
+    product, FP8 side information included, meets the sum of one advancing cycle later."""
+    pe = ProcessingElement(rows=4, fp8=True, multiplier=multiplier)
+    assert pe.product_latency == (1 if multiplier is None else 2)
     products = ProductTable(True)
     rnd = random.Random(9)
     value_bits = pe_sum_value_bits(pe)
@@ -530,22 +536,24 @@ class ArrayRun:
 
 
 ARRAY_CASES = [
-    pytest.param(2, 3, True, ALL_MODES, None, id="2x3_fp8"),
-    pytest.param(3, 2, True, ALL_MODES, None, id="3x2_fp8"),
-    pytest.param(4, 4, False, INT_MODES * 2, None, id="4x4_int"),
-    pytest.param(3, 4, False, INT_MODES * 2, "behavioral", id="3x4_int_pe_pairs"),
+    pytest.param(2, 3, True, ALL_MODES, {}, id="2x3_fp8"),
+    pytest.param(3, 2, True, ALL_MODES, {}, id="3x2_fp8"),
+    pytest.param(4, 4, False, INT_MODES * 2, {}, id="4x4_int"),
+    pytest.param(3, 4, False, INT_MODES * 2, dict(pe_pairs="behavioral"), id="3x4_int_pe_pairs"),
+    pytest.param(3, 2, True, ALL_MODES, dict(pe_multiplier="behavioral"),
+                 id="3x2_fp8_registered_multiplier"),
 ]
 
 
-@pytest.mark.parametrize("rows,cols,fp8,tile_modes,pe_pairs", ARRAY_CASES)
-def test_array_streams_and_double_buffering(rows, cols, fp8, tile_modes, pe_pairs):
+@pytest.mark.parametrize("rows,cols,fp8,tile_modes,options", ARRAY_CASES)
+def test_array_streams_and_double_buffering(rows, cols, fp8, tile_modes, options):
     """Rows streamed one per step through every mode; tiles alternate banks with no
     bubble between them; the same stream with ``advance`` randomly low (also during
     weight writes) gives the same sums. PE pairs (dual 8 x 8 multipliers, UINT8 through
-    the addend) give the same sums, later."""
+    the addend) and PEs with registered multipliers give the same sums, later."""
     runs = []
     for stall in (0.0, 0.35):
-        dut = SystolicArray(rows=rows, cols=cols, fp8=fp8, pe_pairs=pe_pairs)
+        dut = SystolicArray(rows=rows, cols=cols, fp8=fp8, **options)
         run = ArrayRun(rows, cols, tile_modes, block=max(rows, cols) + 3, seed=rows * 10 + cols)
         result = run.simulate(dut, stall, seed=17)
         run.check(result, ProductTable(fp8))
@@ -555,11 +563,12 @@ def test_array_streams_and_double_buffering(rows, cols, fp8, tile_modes, pe_pair
     assert len(run.tiles) >= 2 and run.row_tile == sorted(run.row_tile)
 
 
-@pytest.mark.parametrize("pe_pairs,cols", [(None, 3), ("behavioral", 4)])
-def test_array_latency_is_exact(pe_pairs, cols):
+@pytest.mark.parametrize("options,cols,product_latency", [
+    ({}, 3, 1), (dict(pe_pairs="behavioral"), 4, 3), (dict(pe_multiplier="behavioral"), 3, 2)])
+def test_array_latency_is_exact(options, cols, product_latency):
     """A lone row in a 2 x 3 array (2 x 4 of PE pairs): column c's sum appears exactly
     column_latency(c) cycles after element 0 entered, not a cycle earlier or later."""
-    dut = SystolicArray(rows=2, cols=cols, fp8=False, pe_pairs=pe_pairs)
+    dut = SystolicArray(rows=2, cols=cols, fp8=False, **options)
     mode = MatmulMode.INT8
     w = [[1, 2, 3, -4][:cols], [10, 20, 30, 40][:cols]]
     a = [5, 7]    # column sums 75, 150, 225 (and 260)
@@ -585,7 +594,7 @@ def test_array_latency_is_exact(pe_pairs, cols):
             await ctx.tick()
 
     simulate(dut, bench)
-    assert dut.column_latency(0) == 2 + (1 if pe_pairs is None else 3)
+    assert dut.column_latency(0) == 2 + product_latency
     for c in range(cols):
         column = [row[c] for row in timeline]
         assert column.index(expected[c]) == dut.column_latency(c), column

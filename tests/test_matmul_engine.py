@@ -80,6 +80,27 @@ def test_engine_pe_pairs_verilator():
                extra_env=engine_env(**params, fp8=False, seed=37, stall=0.3, problems=14))
 
 
+@pytest.mark.cocotb
+def test_engine_registered_multiplier_verilator():
+    """PEs with registered multipliers (the ULX3S core's, in their Amaranth implementation):
+    one cycle more through the array, the same results as the golden model, in every mode
+    (the FP8 side information waits for the product in registers of its own)."""
+    params = dict(rows=3, cols=4, max_rows=8)
+    dut = engine(**params, pe_multiplier="behavioral")
+    assert dut.latency == 3 + 4 + 5 + 1
+    run_cocotb(dut, **ENGINE_BUILD, name="matmul_engine_registered_multiplier_3x4",
+               test_module="tests.benches.tb_matmul_engine",
+               testcase=["random_problems", "error_status"],
+               extra_env=engine_env(**params, seed=41, stall=0.3, problems=12))
+
+
+def test_engine_pe_options_are_exclusive():
+    with pytest.raises(ValueError, match="not both"):
+        MatmulEngine(rows=4, cols=4, fp8=False, pe_pairs="behavioral", pe_multiplier="behavioral")
+    with pytest.raises(ValueError, match="Registered multiplier implementation must be one of"):
+        MatmulEngine(rows=4, cols=4, pe_multiplier="dsp48")
+
+
 def test_engine_pe_pairs_need_an_integer_array_with_even_columns():
     with pytest.raises(ValueError, match="integer-only"):
         MatmulEngine(rows=4, cols=4, pe_pairs="behavioral")

@@ -74,3 +74,49 @@ def test_systolic_array_multipliers_land_in_dsps(family, fp8, tmp_path):
     # so an integer PE (registers, muxes, adders) stays well under that.
     if not fp8:
         assert cells["lut"] < rows * cols * 80, cells
+
+
+def test_registered_multiplier_pes_use_the_dsp_registers(tmp_path):
+    """``pe_multiplier="mult18x18d"`` (the ULX3S core): each PE's multiplier is one
+    MULT18X18D with its operand and product registers clocked, enabled by the array's
+    ``advance``; the product register leaves the fabric (fewer flip-flops than the
+    inferred multiplier's array, whose MULT18X18D has no registers). Integer PEs: the FP8
+    PE's multiplier is the same, and its side information's delay is simulated
+    (tests/test_matmul_array.py)."""
+    import json
+
+    from rtl.matmul.array import SystolicArray
+
+    rows, cols = 2, 2
+    counts, dsps = {}, {}
+    for multiplier in (None, "mult18x18d"):
+        workdir = tmp_path / str(multiplier)
+        workdir.mkdir()
+        path = workdir / "array.v"
+        array = SystolicArray(rows=rows, cols=cols, fp8=False, pe_multiplier=multiplier)
+        path.write_text(component_to_verilog(array, "array"))
+        counts[multiplier] = synthesize(path, "array", "ecp5", workdir=workdir)
+        netlist = json.loads((workdir / "netlist.json").read_text())
+        dsps[multiplier] = [cell for module in netlist["modules"].values()
+                            for cell in module["cells"].values() if cell["type"] == "MULT18X18D"]
+    for multiplier, cells in counts.items():
+        assert cells["MULT18X18D"] == cells["dsp"] == rows * cols, (multiplier, cells)
+    for multiplier, instances in dsps.items():
+        for dsp in instances:
+            clocks = {name: dsp["parameters"].get(name, "NONE").strip()
+                      for name in ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_PIPELINE_CLK",
+                                   "REG_OUTPUT_CLK")}
+            if multiplier is None:
+                assert set(clocks.values()) == {"NONE"}, clocks
+            else:
+                assert clocks == {"REG_INPUTA_CLK": "CLK0", "REG_INPUTB_CLK": "CLK0",
+                                  "REG_PIPELINE_CLK": "NONE", "REG_OUTPUT_CLK": "CLK0"}, clocks
+                connections = dsp["connections"]
+                assert connections["SIGNEDA"] == connections["SIGNEDB"] == ["1"]
+                assert all(bit not in ("0", "1")
+                           for pin in ("CE0", "CLK0", "RST0") for bit in connections[pin])
+                # No constant on the pins it does not use (each one a net to route).
+                assert not {"CE1", "CLK1", "RST1", "C0"} & set(connections), connections
+    # The 18-bit product register moved into the DSP; what waits for it in the fabric (the
+    # valid bit) gets a flip-flop or two more per PE.
+    assert counts["mult18x18d"]["ff"] <= counts[None]["ff"] - rows * cols * 10, counts

@@ -30,9 +30,9 @@ __all__ = ["ComputeUnit", "shared_pe_modules"]
 _TAG_WEIGHT, _TAG_PARAM, _TAG_TABLE, _TAG_RESIDUAL = 0, 1, 2, 3
 
 
-def shared_pe_modules(lanes, fp8, shared):
+def shared_pe_modules(lanes, fp8, shared, pe_multiplier=None):
     """The PE Verilog module the engine instantiates when ``shared`` (see MatmulEngine)."""
-    return array.shared_pe_modules(lanes, fp8) if shared else {}
+    return array.shared_pe_modules(lanes, fp8, pe_multiplier=pe_multiplier) if shared else {}
 
 
 class ComputeUnit(wiring.Component):
@@ -78,7 +78,7 @@ class ComputeUnit(wiring.Component):
     """
 
     def __init__(self, *, lanes, depths, max_rows, fp8, shared_pe_module, max_length=512,
-                 max_hidden=1024, vector_units=True, requantizer=True):
+                 max_hidden=1024, vector_units=True, requantizer=True, pe_multiplier=None):
         if lanes < 4:
             raise ValueError("the compute unit needs at least 4 lanes (32-bit table entries)")
         self._lanes = lanes
@@ -86,6 +86,7 @@ class ComputeUnit(wiring.Component):
         self._max_rows = max_rows
         self._fp8 = fp8
         self._shared_pe_module = shared_pe_module
+        self._pe_multiplier = pe_multiplier
         self._max_length = max_length
         self._max_hidden = max_hidden
         self._vector_units = bool(vector_units)
@@ -118,7 +119,8 @@ class ComputeUnit(wiring.Component):
         })
 
     def verilog_modules(self):
-        return shared_pe_modules(self._lanes, self._fp8, self._shared_pe_module)
+        return shared_pe_modules(self._lanes, self._fp8, self._shared_pe_module,
+                                 self._pe_multiplier)
 
     def elaborate(self, platform):
         m = Module()
@@ -243,7 +245,7 @@ class ComputeUnit(wiring.Component):
         # -- Units ---------------------------------------------------------------------------
         m.submodules.engine = engine = MatmulEngine(
             rows=n, cols=n, max_rows=self._max_rows, fp8=self._fp8,
-            shared_pe_module=self._shared_pe_module)
+            shared_pe_module=self._shared_pe_module, pe_multiplier=self._pe_multiplier)
         m.submodules.inp_reader = inp_reader = BufferReader(addr_width=16, data_width=word_bits)
         m.submodules.wgt_reader = wgt_reader = BufferReader(addr_width=16, data_width=word_bits,
                                                             tag_width=2)

@@ -63,6 +63,10 @@ class Core(wiring.Component):
     scheduler : bool
         Build the dynamic-batching scheduler. Without it ``req`` is never ready, ``resp``
         and ``batch`` never valid, and the scheduler's registers read 0.
+    pe_multiplier : str, optional
+        The array's PEs multiply with a registered multiplier (``"mult18x18d"``: the
+        ECP5 DSP with its own registers; see :class:`rtl.matmul.engine.MatmulEngine`).
+        Same results; a GEMM pass takes one cycle more.
 
     The ``CONFIG`` register tells the host what was built: bit 0 ``fp8``, bit 1
     ``vector_units``, bit 2 ``requantizer``, bit 3 ``scheduler``.
@@ -86,7 +90,8 @@ class Core(wiring.Component):
     def __init__(self, *, lanes=16, inp_words=16384, wgt_words=16384, out_words=16384,
                  max_rows=512, dram_words=1 << 24, fp8=True, queue_depth=32,
                  max_length=512, max_hidden=1024, sched_queue_depth=32, sched_inflight=4,
-                 shared_pe_module=False, vector_units=True, requantizer=True, scheduler=True):
+                 shared_pe_module=False, vector_units=True, requantizer=True, scheduler=True,
+                 pe_multiplier=None):
         if lanes not in (4, 8, 16, 32):
             raise ValueError(f"lanes must be 4, 8, 16 or 32, not {lanes!r}")
         for name, value in (("inp_words", inp_words), ("wgt_words", wgt_words),
@@ -104,6 +109,7 @@ class Core(wiring.Component):
         self.sched_queue_depth = sched_queue_depth
         self.sched_inflight = sched_inflight
         self._shared_pe_module = shared_pe_module
+        self._pe_multiplier = pe_multiplier
         self.vector_units = bool(vector_units)
         self.requantizer = bool(requantizer)
         self.scheduler = bool(scheduler)
@@ -127,11 +133,12 @@ class Core(wiring.Component):
         return ComputeUnit(lanes=self.lanes, depths=self.depths, max_rows=self.max_rows,
                            fp8=self.fp8, shared_pe_module=self._shared_pe_module,
                            max_length=self.max_length, max_hidden=self.max_hidden,
-                           vector_units=self.vector_units, requantizer=self.requantizer)
+                           vector_units=self.vector_units, requantizer=self.requantizer,
+                           pe_multiplier=self._pe_multiplier)
 
     def verilog_modules(self):
         """``{name: component}`` of the Verilog modules the core instantiates."""
-        return shared_pe_modules(self.lanes, self.fp8, self._shared_pe_module)
+        return shared_pe_modules(self.lanes, self.fp8, self._shared_pe_module, self._pe_multiplier)
 
     def elaborate(self, platform):
         m = Module()

@@ -107,7 +107,7 @@ class LinkedCore(wiring.Component):
     def verilog_modules(self):
         args = self._core_args
         return shared_pe_modules(args.get("lanes", 16), args.get("fp8", True),
-                                 args.get("shared_pe_module", False))
+                                 args.get("shared_pe_module", False), args.get("pe_multiplier"))
 
     def _make_core(self):
         return Core(**self._core_args)

@@ -8,14 +8,20 @@ from .partial_sum import column_sum_layout, empty_sum
 from .pe import ActivationLane, ProcessingElement, WeightWrite
 from .multiplier_pair import MultiplierPair, check_implementation
 from .pe_pair import ProcessingElementPair
+from .registered_multiplier import RegisteredMultiplier, check_registered_multiplier
 
 
 __all__ = ["SystolicArray", "pe_module_name", "pe_pair_module_name", "check_pe_pairs",
            "shared_pe_modules", "product_latency"]
 
 
-def check_pe_pairs(cols, fp8, pe_pairs):
-    """Raise ``ValueError`` if an array cannot be built with ``pe_pairs``."""
+def check_pe_pairs(cols, fp8, pe_pairs, pe_multiplier=None):
+    """Raise ``ValueError`` if an array cannot be built with ``pe_pairs`` and ``pe_multiplier``."""
+    if pe_multiplier is not None:
+        check_registered_multiplier(pe_multiplier)
+        if pe_pairs is not None:
+            raise ValueError("An array has either PE pairs or PEs with a registered multiplier, "
+                             "not both")
     if pe_pairs is None:
         return
     if fp8:
@@ -25,22 +31,25 @@ def check_pe_pairs(cols, fp8, pe_pairs):
     check_implementation(pe_pairs)
 
 
-def shared_pe_modules(rows, fp8, pe_pairs=None):
+def shared_pe_modules(rows, fp8, pe_pairs=None, pe_multiplier=None):
     """``{name: component}`` of the one shared PE (or PE-pair) module of such an array."""
     if pe_pairs is not None:
         return {pe_pair_module_name(rows, pe_pairs):
                 ProcessingElementPair(rows=rows, multiplier=pe_pairs)}
-    return {pe_module_name(rows, fp8): ProcessingElement(rows=rows, fp8=fp8)}
+    return {pe_module_name(rows, fp8, pe_multiplier):
+            ProcessingElement(rows=rows, fp8=fp8, multiplier=pe_multiplier)}
 
 
-def product_latency(pe_pairs):
+def product_latency(pe_pairs, pe_multiplier=None):
     """Cycles from an activation reaching a PE to its product entering the column sum."""
-    return 1 if pe_pairs is None else MultiplierPair.latency
+    if pe_pairs is not None:
+        return MultiplierPair.latency
+    return 1 if pe_multiplier is None else RegisteredMultiplier.latency
 
 
-def pe_module_name(rows, fp8):
+def pe_module_name(rows, fp8, multiplier=None):
     """Verilog name of the one shared PE module of an array (see ``shared_pe_module``)."""
-    return f"jalapeno_pe_{rows}{'_fp8' if fp8 else ''}"
+    return f"jalapeno_pe_{rows}{'_fp8' if fp8 else ''}{'_' + multiplier if multiplier else ''}"
 
 
 def pe_pair_module_name(rows, multiplier):
@@ -86,6 +95,11 @@ class SystolicArray(wiring.Component):
         :class:`~.multiplier_pair.MultiplierPair` implementation (``"behavioral"``
         or ``"sb_mac16"``). Same results; every column two cycles later
         (:attr:`product_latency`).
+    pe_multiplier : str, optional
+        Build every PE with this :class:`~.registered_multiplier.RegisteredMultiplier`
+        implementation (``"behavioral"`` or ``"mult18x18d"``, the ECP5 DSP with its
+        own registers). Same results; every column one cycle later. Not with
+        ``pe_pairs``.
 
     Members
     -------
@@ -99,12 +113,14 @@ class SystolicArray(wiring.Component):
         Global pipeline enable: every register but the weights holds when low.
     """
 
-    def __init__(self, *, rows, cols, fp8=True, shared_pe_module=False, pe_pairs=None):
+    def __init__(self, *, rows, cols, fp8=True, shared_pe_module=False, pe_pairs=None,
+                 pe_multiplier=None):
         for name, value in (("Row", rows), ("Column", cols)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} count must be a positive integer, not {value!r}")
-        check_pe_pairs(cols, fp8, pe_pairs)
+        check_pe_pairs(cols, fp8, pe_pairs, pe_multiplier)
         self._pe_pairs = pe_pairs
+        self._pe_multiplier = pe_multiplier
         self._rows = rows
         self._cols = cols
         self._fp8 = bool(fp8)
@@ -137,15 +153,19 @@ class SystolicArray(wiring.Component):
         return self._pe_pairs
 
     @property
+    def pe_multiplier(self):
+        return self._pe_multiplier
+
+    @property
     def product_latency(self):
         """Cycles from an activation reaching a PE to its product entering the column sum."""
-        return product_latency(self._pe_pairs)
+        return product_latency(self._pe_pairs, self._pe_multiplier)
 
     def verilog_modules(self):
         """``{name: component}`` of the Verilog modules this array instantiates."""
         if not self._shared_pe_module:
             return {}
-        return shared_pe_modules(self._rows, self._fp8, self._pe_pairs)
+        return shared_pe_modules(self._rows, self._fp8, self._pe_pairs, self._pe_multiplier)
 
     def column_latency(self, col):
         """Cycles from element 0 of a (skewed) row entering to column ``col``'s sum."""
@@ -159,13 +179,13 @@ class SystolicArray(wiring.Component):
             pes = [[_PEPorts(self._sum_layout, f"pe_{r}_{c}") for c in range(self._cols)]
                    for r in range(self._rows)]
         else:
-            pes = [[ProcessingElement(rows=self._rows, fp8=self._fp8) for _ in range(self._cols)]
-                   for _ in range(self._rows)]
+            pes = [[ProcessingElement(rows=self._rows, fp8=self._fp8, multiplier=self._pe_multiplier)
+                    for _ in range(self._cols)] for _ in range(self._rows)]
         for r, row in enumerate(pes):
             for c, pe in enumerate(row):
                 if self._shared_pe_module:
                     m.submodules[f"pe_{r}_{c}"] = Instance(
-                        pe_module_name(self._rows, self._fp8),
+                        pe_module_name(self._rows, self._fp8, self._pe_multiplier),
                         i_clk=ClockSignal("sync"), i_rst=ResetSignal("sync"),
                         i_advance=pe.advance, i_a_in=pe.a_in, o_a_out=pe.a_out,
                         i_weight=pe.weight, i_sum_in=pe.sum_in, o_sum_out=pe.sum_out)

@@ -62,7 +62,8 @@ class MatmulEngine(wiring.Component):
     stalls on ``cmd``, ``weights`` and ``a`` just leave bubbles.
 
     Latency from an A row's transfer to its result row being valid:
-    :attr:`latency` = rows + cols + 5 cycles (+ 2 with ``pe_pairs``). Throughput: one A row per cycle,
+    :attr:`latency` = rows + cols + 5 cycles (+ 2 with ``pe_pairs``, + 1 with
+    ``pe_multiplier``). Throughput: one A row per cycle,
     i.e. rows x cols MACs per cycle.
 
     Counters (free-running since reset): ``cycle_count`` counts cycles in which
@@ -85,6 +86,11 @@ class MatmulEngine(wiring.Component):
         Integer engines only: pair the PEs on dual 8 x 8 multipliers (one iCE40
         ``SB_MAC16`` per pair; see :class:`~.array.SystolicArray`), with this
         multiplier implementation. Same results, two cycles more latency.
+    pe_multiplier : str, optional
+        Give every PE a multiplier with its own operand and product registers (the
+        ECP5 ``MULT18X18D`` with ``"mult18x18d"``; see
+        :class:`~.registered_multiplier.RegisteredMultiplier`), with this
+        implementation. Same results, one cycle more latency. Not with ``pe_pairs``.
 
     Members
     -------
@@ -96,7 +102,7 @@ class MatmulEngine(wiring.Component):
     """
 
     def __init__(self, *, rows=16, cols=16, max_rows=512, fp8=True, shared_pe_module=False,
-                 pe_pairs=None):
+                 pe_pairs=None, pe_multiplier=None):
         for name, value in (("Row", rows), ("Column", cols), ("Accumulator row", max_rows)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} count must be a positive integer, not {value!r}")
@@ -106,8 +112,9 @@ class MatmulEngine(wiring.Component):
         self._fp8 = bool(fp8)
         self._shared_pe_module = bool(shared_pe_module)
         self._pe_pairs = pe_pairs
+        self._pe_multiplier = pe_multiplier
         try:
-            check_pe_pairs(cols, self._fp8, pe_pairs)
+            check_pe_pairs(cols, self._fp8, pe_pairs, pe_multiplier)
         except ValueError:
             self._MustUse__silence = True   # never built: no "created but never used" warning
             raise
@@ -131,16 +138,17 @@ class MatmulEngine(wiring.Component):
         """``{name: component}`` of the Verilog modules the engine instantiates."""
         if not self._shared_pe_module:
             return {}
-        return shared_pe_modules(self._rows, self._fp8, self._pe_pairs)
+        return shared_pe_modules(self._rows, self._fp8, self._pe_pairs, self._pe_multiplier)
 
     def _array(self):
         return SystolicArray(rows=self._rows, cols=self._cols, fp8=self._fp8,
-                             shared_pe_module=self._shared_pe_module, pe_pairs=self._pe_pairs)
+                             shared_pe_module=self._shared_pe_module, pe_pairs=self._pe_pairs,
+                             pe_multiplier=self._pe_multiplier)
 
     @property
     def latency(self):
         """Cycles from an A row's transfer to its result on ``c`` (no backpressure)."""
-        return self._rows + self._cols + product_latency(self._pe_pairs) + 4
+        return self._rows + self._cols + product_latency(self._pe_pairs, self._pe_multiplier) + 4
 
     def elaborate(self, platform):
         m = Module()

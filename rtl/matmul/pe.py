@@ -8,6 +8,7 @@ from ..numerics.fp8_decoder import decode_fp8
 from ..numerics.fp8_format import FP8Format, PRODUCT_MIN_EXPONENT
 from .mode import MatmulMode
 from .partial_sum import SPLIT, column_sum_layout, merge_flags
+from .registered_multiplier import RegisteredMultiplier, check_registered_multiplier
 
 
 __all__ = ["ActivationLane", "WeightWrite", "ProcessingElement"]
@@ -50,6 +51,12 @@ class ProcessingElement(wiring.Component):
     one cycle per hop both ways. Every register moves only when ``advance`` is
     high (the engine's global pipeline enable); weight writes do not wait for it.
 
+    With ``multiplier`` the product comes from a
+    :class:`~.registered_multiplier.RegisteredMultiplier` (its operands
+    registered too): one cycle later, T+2 (:attr:`product_latency`), the result
+    on ``sum_out`` in T+3. Every PE of the array has the same delay, so partial
+    sums still meet their products; the array's columns are one cycle later.
+
     Parameters
     ----------
     rows : int
@@ -57,6 +64,10 @@ class ProcessingElement(wiring.Component):
     fp8 : bool
         Build the FP8 datapath; without it, FP8 modes multiply as integers and
         the engine reports them as errors.
+    multiplier : str, optional
+        A :class:`~.registered_multiplier.RegisteredMultiplier` implementation
+        (``"behavioral"`` or ``"mult18x18d"``); by default the product of an
+        inferred multiplier is registered once.
 
     Members
     -------
@@ -69,11 +80,18 @@ class ProcessingElement(wiring.Component):
     advance : In(1)
     """
 
-    def __init__(self, *, rows, fp8=True):
-        if not isinstance(rows, int) or rows < 1:
-            raise TypeError(f"Row count must be a positive integer, not {rows!r}")
+    def __init__(self, *, rows, fp8=True, multiplier=None):
+        try:
+            if not isinstance(rows, int) or rows < 1:
+                raise TypeError(f"Row count must be a positive integer, not {rows!r}")
+            if multiplier is not None:
+                check_registered_multiplier(multiplier)
+        except (TypeError, ValueError):
+            self._MustUse__silence = True   # never built: no "created but never used" warning
+            raise
         self._rows = rows
         self._fp8 = bool(fp8)
+        self._multiplier = multiplier
         layout = column_sum_layout(rows, fp8)
         super().__init__({
             "a_in": In(ActivationLane),
@@ -88,6 +106,11 @@ class ProcessingElement(wiring.Component):
     def fp8(self):
         return self._fp8
 
+    @property
+    def product_latency(self):
+        """Cycles from an activation on ``a_in`` to its product entering the column sum."""
+        return 1 if self._multiplier is None else RegisteredMultiplier.latency
+
     def elaborate(self, platform):
         m = Module()
         a = self.a_in
@@ -101,7 +124,19 @@ class ProcessingElement(wiring.Component):
         with m.If(self.advance):
             m.d.sync += self.a_out.eq(a)
 
-        # Stage 0 -> 1: the multiplier operands, the product register.
+        # Stage 0 -> 1: the multiplier operands, the product register (with a registered
+        # multiplier, stage 1 is its operand registers and its product arrives a cycle later;
+        # the rest of stage 0's results wait as long in registers of their own).
+        latency = self.product_latency
+
+        def delayed(value, name):
+            for stage in range(latency):
+                register = Signal.like(value, name=name if stage == latency - 1 else f"{name}_{stage}")
+                with m.If(self.advance):
+                    m.d.sync += register.eq(value)
+                value = register
+            return value
+
         is_fp8 = Signal()
         m.d.comb += is_fp8.eq(a.mode.as_value() >= MatmulMode.E4M3.value)
         int_a = Signal(signed(9))
@@ -113,14 +148,6 @@ class ProcessingElement(wiring.Component):
         ]
         mul_a = Signal(signed(9))
         mul_w = Signal(signed(9))
-        s1_product = Signal(signed(18))
-        s1_valid = Signal()
-        s1_fp8 = Signal()
-        s1_shift = Signal(range(64))
-        s1_sign = Signal()
-        s1_nan = Signal()
-        s1_inf = Signal()
-        s1_zero = Signal()
 
         if self._fp8:
             a_format = Mux((a.mode == MatmulMode.E5M2) | (a.mode == MatmulMode.E5M2_E4M3),
@@ -137,22 +164,29 @@ class ProcessingElement(wiring.Component):
                 mul_a.eq(Mux(is_fp8, x.significand, int_a)),
                 mul_w.eq(Mux(is_fp8, y.significand, int_w)),
             ]
-            with m.If(self.advance):
-                m.d.sync += [
-                    s1_shift.eq(x.exponent + y.exponent - PRODUCT_MIN_EXPONENT),
-                    s1_sign.eq(x.sign ^ y.sign),
-                    s1_nan.eq(nan),
-                    s1_inf.eq(inf),
-                    s1_zero.eq((x_zero | y_zero) & ~nan),
-                ]
+            s0_shift = Signal(range(64))
+            m.d.comb += s0_shift.eq(x.exponent + y.exponent - PRODUCT_MIN_EXPONENT)
+            s1_shift = delayed(s0_shift, "s1_shift")
+            s1_sign = delayed(x.sign ^ y.sign, "s1_sign")
+            s1_nan = delayed(nan, "s1_nan")
+            s1_inf = delayed(inf, "s1_inf")
+            s1_zero = delayed((x_zero | y_zero) & ~nan, "s1_zero")
         else:
             m.d.comb += [mul_a.eq(int_a), mul_w.eq(int_w)]
 
-        with m.If(self.advance):
-            m.d.sync += [
-                s1_product.eq(mul_a * mul_w),
-                s1_valid.eq(a.valid),
-                s1_fp8.eq(is_fp8),
+        s1_valid = delayed(a.valid, "s1_valid")
+        s1_fp8 = delayed(is_fp8, "s1_fp8")
+        s1_product = Signal(signed(18))
+        if self._multiplier is None:
+            with m.If(self.advance):
+                m.d.sync += s1_product.eq(mul_a * mul_w)
+        else:
+            m.submodules.multiplier = multiplier = RegisteredMultiplier(self._multiplier)
+            m.d.comb += [
+                multiplier.a.eq(mul_a),
+                multiplier.b.eq(mul_w),
+                multiplier.en.eq(self.advance),
+                s1_product.eq(multiplier.p),
             ]
 
         # Stage 1 -> 2: place the product in the column sum (low or high part) and add.
