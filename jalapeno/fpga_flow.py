@@ -35,8 +35,11 @@ Synthesis options
   activation tags are equal along anti-diagonals of the array, and merged
   flip-flops would drive PEs all over the die.
 - nextpnr runs with ``--timing-allow-fail`` (so a design that misses timing still
-  gives a report and a bitstream), ``--seed SEED`` and ``--report``; on ECP5 with
-  ``--router router2`` (router1 needs hours for the 16 x 16 array's 175 k arcs).
+  gives a report and a bitstream), ``--seed SEED`` and ``--report``, and the board's
+  router (:attr:`BoardFlow.nextpnr_opts`; a ``--router`` in ``nextpnr_opts`` replaces
+  it). The ULX3S core routes with router1: router2 does not converge on its PEs'
+  registered DSPs. The 16 x 16 engine payload needs ``--router router2`` (router1 needs
+  hours for its 175 k arcs).
 
 Report
 ------
@@ -178,13 +181,14 @@ class BoardFlow:
 #: The cores the boards build (docs/fpga.md, "Board configurations"). No scheduler (area:
 #: a LinkedCore built with one exposes it through registers 64 and up, docs/link.md).
 #: ULX3S: the 8 x 8 GEMM datapath (INT32 results; the host requantizes), every PE on a
-#: MULT18X18D. At 16 x 16 the row-wise units and the 16 requantizers need about 240
+#: MULT18X18D with the DSP's own operand and product registers (``pe_multiplier``). At 16 x 16 the row-wise units and the 16 requantizers need about 240
 #: multipliers besides the PEs' 256, with the requantizers alone the LUT-multiplier PEs
 #: fill 98 % of the LUTs, and the GEMM-only 16 x 16 (59 % of the LUTs) did not route:
 #: nextpnr's router2 stalled at 19 k overused wires (docs/fpga.md).
 ULX3S_CORE = dict(lanes=8, memory_words=4096, inp_words=2048, wgt_words=2048, out_words=2048,
                   max_rows=256, fp8=False, queue_depth=8, max_length=256, max_hidden=512,
-                  vector_units=False, requantizer=False, scheduler=False)
+                  vector_units=False, requantizer=False, scheduler=False,
+                  pe_multiplier="mult18x18d")
 #: The smallest core: 4 x 4, no softmax, LayerNorm, activation, requantizer or scheduler.
 #: It does not fit the iCE40 UP5K (9,907 LUT4 and 19 multipliers after synthesis, against
 #: 5,280 and 8), so the iCEBreaker builds the placeholder engine payload (docs/fpga.md).
@@ -196,8 +200,8 @@ ICEBREAKER_CORE = dict(lanes=4, memory_words=1024, inp_words=256, wgt_words=256,
 BOARDS = {
     # 16 x 16 INT8: 156 PEs on MULT18X18D, 100 with LUT multipliers.
     "ulx3s": BoardFlow(
-        spec=ULX3S, default_mhz=42, payload="core", core=ULX3S_CORE, rows=16, cols=16,
-        max_rows=512, dsp_blocks=156, core_dsps=13, synth_opts="", abc9=False, nextpnr_opts="--router router2",
+        spec=ULX3S, default_mhz=60, payload="core", core=ULX3S_CORE, rows=16, cols=16,
+        max_rows=512, dsp_blocks=156, core_dsps=13, synth_opts="", abc9=False, nextpnr_opts="--router router1",
         bitstream_suffix="bit",
         resources={"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D",
                    "bram": "DP16KD"},
@@ -327,7 +331,7 @@ def _tool_versions(env, family, rpt_path):
 # -- Mixed DSP / LUT multipliers ---------------------------------------------------------------
 
 def pe_script(top, rows, cols, dsp_budget, *, module=None, keep_pe_registers=True,
-              pe_pairs=None):
+              pe_pairs=None, pe_multiplier=None):
     """Yosys commands (for ``script_after_read``) preparing the array's PEs.
 
     The PEs are instances ``pe_<r>_<c>`` of the shared module ``module`` (by
@@ -346,6 +350,9 @@ def pe_script(top, rows, cols, dsp_budget, *, module=None, keep_pe_registers=Tru
       itself, so there is nothing to switch; more pairs than ``dsp_budget`` is an error.
       The design must then have no other multiplier (it is synthesized without
       ``-dsp``, see :func:`_synthesis_overrides`): the script asserts it.
+    - ``pe_multiplier="mult18x18d"`` (each PE instantiates an ECP5 ``MULT18X18D`` with
+      its registers, module ``pe_module_name(rows, fp8, "mult18x18d")``): nothing to
+      switch either; more PEs than ``dsp_budget`` is an error.
 
     Returns
     -------
@@ -357,8 +364,12 @@ def pe_script(top, rows, cols, dsp_budget, *, module=None, keep_pe_registers=Tru
         if rows * cols // 2 > dsp_budget:
             raise FPGAFlowError(f"a {rows} x {cols} array of PE pairs needs {rows * cols // 2} "
                                 f"DSP blocks; this device has {dsp_budget} for them")
-    module = module or pe_module_name(rows, False)
-    excess = 0 if pe_pairs is not None else max(0, rows * cols - max(0, dsp_budget))
+    if pe_multiplier == "mult18x18d" and rows * cols > dsp_budget:
+        raise FPGAFlowError(f"a {rows} x {cols} array of PEs on MULT18X18D needs {rows * cols} "
+                            f"DSP blocks; this device has {dsp_budget} for them")
+    module = module or pe_module_name(rows, False, pe_multiplier)
+    instantiated = pe_pairs is not None or pe_multiplier == "mult18x18d"
+    excess = 0 if instantiated else max(0, rows * cols - max(0, dsp_budget))
     lines = [f"hierarchy -top {top}", "proc"]
     if pe_pairs is not None:
         lines.append("select -assert-none t:$mul")     # synthesized without -dsp
@@ -640,6 +651,16 @@ def _payload(flow, payload, rows, cols, max_rows, payload_factory, fp8=False):
     return factory, rows, cols, max_rows, None
 
 
+def _board_nextpnr_opts(flow, nextpnr_opts):
+    """The board's nextpnr options, without its ``--router`` if ``nextpnr_opts`` names one."""
+    if "--router" not in nextpnr_opts.split():
+        return flow.nextpnr_opts
+    words = flow.nextpnr_opts.split()
+    kept = [w for i, w in enumerate(words)
+            if w != "--router" and (i == 0 or words[i - 1] != "--router")]
+    return " ".join(kept)
+
+
 def _synthesis_overrides(flow, name, pe_pairs=None):
     """``synth_opts`` and ``script_after_synth`` (see :class:`BoardFlow`, ``abc9``).
 
@@ -694,14 +715,20 @@ def prepare(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, ma
     name = spec.name
     pe_pairs = flow.pe_pairs if payload == "engine" and payload_factory is None else None
     fp8_core = bool(core and core.get("fp8", True))
+    pe_multiplier = core.get("pe_multiplier") if core else None
+    if pe_multiplier == "mult18x18d" and spec.family != "ecp5":
+        raise FPGAFlowError(f"pe_multiplier 'mult18x18d' is the ECP5 DSP; {board} is "
+                            f"{spec.family}")
     script, lut_pes = pe_script(name, rows, cols, flow.dsp_blocks - dsp_reserve,
-                                module=None if pe_pairs else pe_module_name(rows, fp8_core),
-                                keep_pe_registers=keep_pe_registers, pe_pairs=pe_pairs)
+                                module=None if pe_pairs else pe_module_name(rows, fp8_core,
+                                                                            pe_multiplier),
+                                keep_pe_registers=keep_pe_registers, pe_pairs=pe_pairs,
+                                pe_multiplier=pe_multiplier)
     top = BoardTop(spec, factory, frequency_mhz=target, tolerance=tolerance)
     synth_opts, after_synth = _synthesis_overrides(flow, name, pe_pairs)
     overrides = {
         "nextpnr_opts": (f"--report nextpnr_report.json --timing-allow-fail --seed {int(seed)} "
-                         f"{flow.nextpnr_opts} {nextpnr_opts}").strip(),
+                         f"{_board_nextpnr_opts(flow, nextpnr_opts)} {nextpnr_opts}").strip(),
         "script_after_synth": after_synth,
     }
     if synth_opts:
@@ -898,7 +925,8 @@ def board_verilog(board, out_dir, frequency_mhz=None):
     written = [top]
     fp8 = prepared.core.get("fp8", True) if prepared.payload == "core" else False
     pe_pairs = flow.pe_pairs if prepared.payload == "engine" else None
-    modules = shared_pe_modules(prepared.rows, fp8, pe_pairs)
+    pe_multiplier = prepared.core.get("pe_multiplier") if prepared.payload == "core" else None
+    modules = shared_pe_modules(prepared.rows, fp8, pe_pairs, pe_multiplier)
     for name, component in modules.items():
         path = out_dir / f"{name}.v"
         path.write_text(verilog.convert(component, name=name, emit_src=False))

@@ -170,6 +170,11 @@ def test_pe_script():
     assert "booth jalapeno_pe_16_lutmul" in script
     chtype = script.splitlines()[-1].split()
     assert len(chtype) == 3 + 100 and chtype[3] == "*/pe_9_12" and chtype[-1] == "*/pe_15_15"
+    # PEs that instantiate their MULT18X18D have no LUT-multiplier variant
+    script, n = pe_script("ulx3s", 8, 8, 143, pe_multiplier="mult18x18d")
+    assert n == 0 and "jalapeno_pe_8_mult18x18d/t:*dff*" in script and "booth" not in script
+    with pytest.raises(FPGAFlowError, match="16 x 16 array of PEs on MULT18X18D needs 256 DSP"):
+        pe_script("ulx3s", 16, 16, 143, pe_multiplier="mult18x18d")
 
 
 # -- nextpnr report parsing (tests/data: trimmed reports of real builds) ------------------------
@@ -377,9 +382,21 @@ def test_ulx3s_builds_the_core_behind_the_link(tmp_path):
     script = (tmp_path / "ulx3s.ys").read_text()
     assert "synth_ecp5 -run :map_luts" in script and "abc -lut 4" in script
     assert "synth_ecp5 -run map_cells:" in script
-    # every PE beyond the DSP budget gets the LUT multiplier
-    assert prepared.lut_pes == max(0, lanes * lanes - (BOARDS["ulx3s"].dsp_blocks
-                                                       - BOARDS["ulx3s"].core_dsps))
+    # every PE is on a MULT18X18D with the DSP's registers (none with a LUT multiplier)
+    assert prepared.core["pe_multiplier"] == "mult18x18d" and prepared.lut_pes == 0
+    assert f"setattr -set keep 1 jalapeno_pe_{lanes}_mult18x18d/t:*dff*" in script
+
+
+def test_board_router_and_its_override(tmp_path):
+    """The ULX3S core routes with router1 (router2 does not converge on it); a ``--router``
+    in ``nextpnr_opts`` (the 16 x 16 engine payload needs router2) replaces the board's."""
+    prepare("ulx3s", tmp_path)
+    command = (tmp_path / "build_ulx3s.sh").read_text()
+    assert "--router router1" in command and "router2" not in command
+    prepare("ulx3s", tmp_path, rows=2, cols=1, max_rows=16, payload="engine",
+            nextpnr_opts="--router router2")
+    command = (tmp_path / "build_ulx3s.sh").read_text()
+    assert "--router router2" in command and "router1" not in command
 
 
 def test_ulx3s_core_with_fp8(tmp_path):
@@ -388,9 +405,17 @@ def test_ulx3s_core_with_fp8(tmp_path):
     prepared = prepare("ulx3s", tmp_path, fp8=True)
     assert prepared.core["fp8"] is True and prepared.target_mhz == BOARDS["ulx3s"].fp8_mhz == 30
     script = (tmp_path / "ulx3s.ys").read_text()
-    assert "jalapeno_pe_8_fp8" in script
+    assert "jalapeno_pe_8_fp8_mult18x18d" in script
     with pytest.raises(FPGAFlowError, match="engine payload is INT8-only"):
         prepare("icebreaker", tmp_path, fp8=True)
+
+
+def test_mult18x18d_pes_only_on_the_ecp5(tmp_path):
+    from rtl.boards.core_payload import core_payload_factory
+    core = dict(BOARDS["icebreaker"].core, pe_multiplier="mult18x18d")
+    factory = core_payload_factory(**core, shared_pe_module=True)
+    with pytest.raises(FPGAFlowError, match="'mult18x18d' is the ECP5 DSP; icebreaker is ice40"):
+        prepare("icebreaker", tmp_path, payload="core", payload_factory=factory)
 
 
 def test_icebreaker_builds_the_engine_payload(tmp_path):
