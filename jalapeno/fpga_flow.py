@@ -155,6 +155,10 @@ class BoardFlow:
         this implementation (``"sb_mac16"``: two PEs per iCE40 DSP).
     fp8_mhz : float, optional
         Default ``sync`` frequency of the core built with its FP8 modes (``fp8=True``).
+    fp8_core : dict, optional
+        Core parameters that differ when the core is built with its FP8 modes.
+    fp8_nextpnr_opts : str, optional
+        ``nextpnr_opts`` of the build with the FP8 modes, if they differ.
     """
     spec: object
     default_mhz: float
@@ -172,6 +176,8 @@ class BoardFlow:
     resources: dict
     pe_pairs: str = None
     fp8_mhz: float = None
+    fp8_core: dict = None
+    fp8_nextpnr_opts: str = None
 
     @property
     def lanes(self):
@@ -205,7 +211,9 @@ BOARDS = {
         bitstream_suffix="bit",
         resources={"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D",
                    "bram": "DP16KD"},
-        fp8_mhz=30),
+        # The FP8 core as measured (docs/fpga.md): router1 needs hours for its 52 k LUT4,
+        # and router2 does not converge on PEs with registered DSPs.
+        fp8_mhz=30, fp8_core=dict(pe_multiplier=None), fp8_nextpnr_opts="--router router2"),
     # 4 x 4 INT8: two PEs per SB_MAC16 (its 8 x 8 mode), all 8 of them.
     "icebreaker": BoardFlow(
         spec=ICEBREAKER, default_mhz=36, payload="engine", core=ICEBREAKER_CORE, rows=4,
@@ -632,7 +640,7 @@ def _payload(flow, payload, rows, cols, max_rows, payload_factory, fp8=False):
         raise FPGAFlowError("fp8 applies to the board's core (payload 'core'); the engine "
                             "payload is INT8-only")
     if payload == "core":
-        core = dict(flow.core, fp8=True) if fp8 else dict(flow.core)
+        core = dict(flow.core, fp8=True, **(flow.fp8_core or {})) if fp8 else dict(flow.core)
         if hasattr(payload_factory, "core_args"):     # a core_payload_factory of its own
             core = dict(payload_factory.core_args, memory_words=payload_factory.memory_words)
         lanes = core.get("lanes", 16)
@@ -651,11 +659,14 @@ def _payload(flow, payload, rows, cols, max_rows, payload_factory, fp8=False):
     return factory, rows, cols, max_rows, None
 
 
-def _board_nextpnr_opts(flow, nextpnr_opts):
-    """The board's nextpnr options, without its ``--router`` if ``nextpnr_opts`` names one."""
+def _board_nextpnr_opts(flow, nextpnr_opts, fp8=False):
+    """The board's nextpnr options (those of its FP8 build with ``fp8``), without its
+    ``--router`` if ``nextpnr_opts`` names one."""
+    board_opts = flow.fp8_nextpnr_opts if fp8 and flow.fp8_nextpnr_opts is not None \
+        else flow.nextpnr_opts
     if "--router" not in nextpnr_opts.split():
-        return flow.nextpnr_opts
-    words = flow.nextpnr_opts.split()
+        return board_opts
+    words = board_opts.split()
     kept = [w for i, w in enumerate(words)
             if w != "--router" and (i == 0 or words[i - 1] != "--router")]
     return " ".join(kept)
@@ -728,7 +739,7 @@ def prepare(board, out_dir=None, frequency_mhz=None, *, rows=None, cols=None, ma
     synth_opts, after_synth = _synthesis_overrides(flow, name, pe_pairs)
     overrides = {
         "nextpnr_opts": (f"--report nextpnr_report.json --timing-allow-fail --seed {int(seed)} "
-                         f"{_board_nextpnr_opts(flow, nextpnr_opts)} {nextpnr_opts}").strip(),
+                         f"{_board_nextpnr_opts(flow, nextpnr_opts, fp8)} {nextpnr_opts}").strip(),
         "script_after_synth": after_synth,
     }
     if synth_opts:
