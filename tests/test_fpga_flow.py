@@ -382,17 +382,17 @@ def test_ulx3s_builds_the_core_behind_the_link(tmp_path):
     script = (tmp_path / "ulx3s.ys").read_text()
     assert "synth_ecp5 -run :map_luts" in script and "abc -lut 4" in script
     assert "synth_ecp5 -run map_cells:" in script
+    # router1: router2 does not converge on the PEs' registered DSPs (docs/fpga.md)
+    command = (tmp_path / "build_ulx3s.sh").read_text()
+    assert "--router router1" in command and "router2" not in command
     # every PE is on a MULT18X18D with the DSP's registers (none with a LUT multiplier)
     assert prepared.core["pe_multiplier"] == "mult18x18d" and prepared.lut_pes == 0
     assert f"setattr -set keep 1 jalapeno_pe_{lanes}_mult18x18d/t:*dff*" in script
 
 
-def test_board_router_and_its_override(tmp_path):
-    """The ULX3S core routes with router1 (router2 does not converge on it); a ``--router``
-    in ``nextpnr_opts`` (the 16 x 16 engine payload needs router2) replaces the board's."""
-    prepare("ulx3s", tmp_path)
-    command = (tmp_path / "build_ulx3s.sh").read_text()
-    assert "--router router1" in command and "router2" not in command
+def test_board_router_override(tmp_path):
+    """A ``--router`` in ``nextpnr_opts`` (the 16 x 16 engine payload needs router2) replaces
+    the board's (the ULX3S core routes with router1, checked where the core is built)."""
     prepare("ulx3s", tmp_path, rows=2, cols=1, max_rows=16, payload="engine",
             nextpnr_opts="--router router2")
     command = (tmp_path / "build_ulx3s.sh").read_text()

@@ -85,7 +85,7 @@ def test_runtime_over_the_uart_link(tmp_path):
             accelerator.run(UnknownOpcode())
         except DeviceError as error:
             outcome["error"] = error
-        outcome["after"] = accelerator.matmul(a, w, 0)
+        outcome["after"] = accelerator.matmul(a[:2, :5], w[:5, :3], 0)   # recovered: a small one
         return outcome
 
     outcome = over_the_link(tmp_path, host)
@@ -93,7 +93,7 @@ def test_runtime_over_the_uart_link(tmp_path):
     expected = requantize(golden_matmul(x, w2, 0), bias[None], multiplier[None], shift[None], 0)
     assert np.array_equal(outcome["linear"], expected["value"].astype(np.int8))
     assert outcome["error"].code == ErrorCode.UNKNOWN_OPCODE
-    assert np.array_equal(outcome["after"], golden_matmul(a, w, 0))
+    assert np.array_equal(outcome["after"], golden_matmul(a[:2, :5], w[:5, :3], 0))
 
 
 # Serving: requests whose batches do not depend on how many cycles the host takes between
