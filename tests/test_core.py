@@ -874,8 +874,9 @@ def test_gemm_only_core_reports_what_it_has(gemm_only):
     assert not (gemm_only.fp8 or gemm_only.vector_units or gemm_only.requantizer
                 or gemm_only.scheduler)
     rng = np.random.default_rng(7)
-    a, w = random_codes(rng, (13, 40), 0), random_codes(rng, (40, 9), 0)
-    assert np.array_equal(gemm_only.matmul(a, w, 0), golden_matmul(a, w, 0))
+    for mode in (MatmulMode.INT8, MatmulMode.UINT8):     # its integer-only engine
+        a, w = random_codes(rng, (13, 40), mode), random_codes(rng, (40, 9), mode)
+        assert np.array_equal(gemm_only.matmul(a, w, mode), golden_matmul(a, w, mode))
 
 
 @pytest.mark.parametrize("call, message", [

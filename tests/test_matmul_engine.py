@@ -61,22 +61,15 @@ def test_engine_non_square_chunked_verilator():
 
 
 @pytest.mark.cocotb
-def test_engine_integer_only_build_verilator():
-    """fp8=False: the integer modes work; FP8 modes are errors (checked by error_status)."""
-    params = dict(rows=4, cols=4, max_rows=16)
-    run_cocotb(engine(**params, fp8=False), **ENGINE_BUILD, name="matmul_engine_int8_4x4",
-               test_module="tests.benches.tb_matmul_engine",
-               testcase=["random_problems", "error_status"],
-               extra_env=engine_env(**params, fp8=False, seed=31, stall=0.2, problems=8))
-
-
-@pytest.mark.cocotb
 def test_engine_pe_pairs_verilator():
     """PE pairs on dual 8 x 8 multipliers (the iCEBreaker's array) on Yosys' own simulation
     model of the iCE40 DSP: the same results as the golden model, so the engine's latency
     bookkeeping and the primitive's configuration (8 x 8 mode, signedness, registers,
     addend) are what is tested (the Amaranth implementation: tests/test_matmul_array.py).
-    6 x 4 with 8 accumulator rows chunks M and keeps rows and columns apart."""
+    6 x 4 with 8 accumulator rows chunks M and keeps rows and columns apart. It is also the
+    integer-only engine's test (fp8=False: the integer modes work, the FP8 modes are errors,
+    checked by error_status); integer-only engines of plain PEs run in the GEMM-only core
+    (tests/test_core.py) and the array tests."""
     params = dict(rows=6, cols=4, max_rows=8)
     run_cocotb(engine(**params, fp8=False, pe_pairs="sb_mac16"), **ENGINE_BUILD,
                name="matmul_engine_pairs_sb_mac16_6x4",
