@@ -187,10 +187,11 @@ class BoardFlow:
 #: The cores the boards build (docs/fpga.md, "Board configurations"). No scheduler (area:
 #: a LinkedCore built with one exposes it through registers 64 and up, docs/link.md).
 #: ULX3S: the 8 x 8 GEMM datapath (INT32 results; the host requantizes), every PE on a
-#: MULT18X18D with the DSP's own operand and product registers (``pe_multiplier``). At 16 x 16 the row-wise units and the 16 requantizers need about 240
-#: multipliers besides the PEs' 256, with the requantizers alone the LUT-multiplier PEs
-#: fill 98 % of the LUTs, and the GEMM-only 16 x 16 (59 % of the LUTs) did not route:
-#: nextpnr's router2 stalled at 19 k overused wires (docs/fpga.md).
+#: MULT18X18D with the DSP's own operand and product registers (``pe_multiplier``). At
+#: 16 x 16 the row-wise units and the 16 requantizers need about 240 multipliers besides
+#: the PEs' 256, with the requantizers alone the LUT-multiplier PEs fill 98 % of the LUTs,
+#: and the GEMM-only 16 x 16 (59 % of the LUTs) did not route: nextpnr's router2 stalled
+#: at 19 k overused wires (docs/fpga.md).
 ULX3S_CORE = dict(lanes=8, memory_words=4096, inp_words=2048, wgt_words=2048, out_words=2048,
                   max_rows=256, fp8=False, queue_depth=8, max_length=256, max_hidden=512,
                   vector_units=False, requantizer=False, scheduler=False,
