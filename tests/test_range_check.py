@@ -21,33 +21,40 @@ def fits(base, rows, stride, cols, limit, enable):
             or base + (rows - 1) * stride + cols <= limit)
 
 
-def cases(rng, count):
+def cases(rng, count, width=WIDTH, rows_bits=16, large=False):
     """Extent tuples (base, rows, stride, cols, limit, enable): random, and exactly at the
-    limit and one past it."""
+    limit and one past it. ``large``: rows and strides over their whole ranges too (every
+    partial product of the check's multiplier), with limits that such products reach."""
     out = []
     for _ in range(count):
-        base, rows = int(rng.integers(0, 1 << WIDTH)), int(rng.integers(0, 300))
-        stride, cols = int(rng.integers(0, 1 << WIDTH)), int(rng.integers(0, 50))
-        limit = int(rng.integers(0, 1 << 17))
+        base, rows = int(rng.integers(0, 1 << width)), int(rng.integers(0, 300))
+        stride, cols = int(rng.integers(0, 1 << width)), int(rng.integers(0, 50))
+        if large and rng.random() < 0.7:
+            rows = int(rng.choice([(1 << rows_bits) - 1, rng.integers(1, 1 << rows_bits)]))
+            stride = int(rng.choice([(1 << width) - 1, rng.integers(0, 1 << width)]))
+        limit = int(rng.integers(0, 1 << (width + 1)))
         kind = int(rng.choice(3, p=[0.1, 0.8, 0.1]))
         if kind and rows and cols:       # at the limit, or one word past it
             base = int(rng.integers(0, 1 << 12))
-            stride = int(rng.integers(0, 64))
+            room = (1 << (width + 1)) - 1 - base - cols
+            if not large or (rows - 1) * stride > room:
+                stride = int(rng.integers(0, 64 if not large else room // max(rows - 1, 1) + 1))
             limit = base + (rows - 1) * stride + cols - int(kind == 2)
         out.append((base, rows, stride, cols, limit, int(rng.random() < 0.9)))
     return out
 
 
-def test_range_check_against_the_rule():
+@pytest.mark.parametrize("width, rows_bits, large", [(WIDTH, 16, False), (32, 24, True)])
+def test_range_check_against_the_rule(width, rows_bits, large):
     rng = np.random.default_rng(8)
     m = Module()
-    signals = [tuple(Signal(width, name=f"{name}_{i}") for name, width in
-                     (("base", WIDTH), ("rows", 16), ("stride", WIDTH), ("cols", 16),
-                      ("limit", 17), ("enable", 1)))
+    signals = [tuple(Signal(bits, name=f"{name}_{i}") for name, bits in
+                     (("base", width), ("rows", rows_bits), ("stride", width), ("cols", 16),
+                      ("limit", width + 1), ("enable", 1)))
                for i in range(COUNT)]
-    m.submodules.dut = dut = RangeCheck(COUNT, width=WIDTH)
+    m.submodules.dut = dut = RangeCheck(COUNT, width=width)
     dut.connect_extents([Extent(*s) for s in signals])
-    programs = [cases(rng, COUNT) for _ in range(150)]
+    programs = [cases(rng, COUNT, width, rows_bits, large) for _ in range(150)]
     programs.append([(0, 1, 0, 1, 1, 1)] * COUNT)                  # all fit exactly
     programs.append([(0, 1, 0, 1, 1, 1)] * (COUNT - 1) + [(1, 1, 0, 1, 1, 1)])  # the last fails
     checked = {"bad": 0, "good": 0}
