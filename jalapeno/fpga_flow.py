@@ -187,15 +187,16 @@ class BoardFlow:
 #: The cores the boards build (docs/fpga.md, "Board configurations"). No scheduler (area:
 #: a LinkedCore built with one exposes it through registers 64 and up, docs/link.md).
 #: ULX3S: the 8 x 8 GEMM datapath (INT32 results; the host requantizes), every PE on a
-#: MULT18X18D with the DSP's own operand and product registers (``pe_multiplier``). At
-#: 16 x 16 the row-wise units and the 16 requantizers need about 240 multipliers besides
-#: the PEs' 256, with the requantizers alone the LUT-multiplier PEs fill 98 % of the LUTs,
-#: and the GEMM-only 16 x 16 (59 % of the LUTs) did not route: nextpnr's router2 stalled
-#: at 19 k overused wires (docs/fpga.md).
+#: MULT18X18D with the DSP's own operand and product registers (``pe_multiplier``), the
+#: engine's accumulator add in a stage of its own (``accumulator_stage``). At 16 x 16 the
+#: row-wise units and the 16 requantizers need about 240 multipliers besides the PEs' 256,
+#: with the requantizers alone the LUT-multiplier PEs fill 98 % of the LUTs, and the
+#: GEMM-only 16 x 16 (59 % of the LUTs) did not route: nextpnr's router2 stalled at 19 k
+#: overused wires (docs/fpga.md).
 ULX3S_CORE = dict(lanes=8, memory_words=4096, inp_words=2048, wgt_words=2048, out_words=2048,
                   max_rows=256, fp8=False, queue_depth=8, max_length=256, max_hidden=512,
                   vector_units=False, requantizer=False, scheduler=False,
-                  pe_multiplier="mult18x18d")
+                  pe_multiplier="mult18x18d", accumulator_stage=True)
 #: The smallest core: 4 x 4, no softmax, LayerNorm, activation, requantizer or scheduler.
 #: It does not fit the iCE40 UP5K (9,907 LUT4 and 19 multipliers after synthesis, against
 #: 5,280 and 8), so the iCEBreaker builds the placeholder engine payload (docs/fpga.md).
@@ -214,7 +215,8 @@ BOARDS = {
                    "bram": "DP16KD"},
         # The FP8 core as measured (docs/fpga.md): router1 needs hours for its 52 k LUT4,
         # and router2 does not converge on PEs with registered DSPs.
-        fp8_mhz=30, fp8_core=dict(pe_multiplier=None), fp8_nextpnr_opts="--router router2"),
+        fp8_mhz=30, fp8_core=dict(pe_multiplier=None, accumulator_stage=False),
+        fp8_nextpnr_opts="--router router2"),
     # 4 x 4 INT8: two PEs per SB_MAC16 (its 8 x 8 mode), all 8 of them.
     "icebreaker": BoardFlow(
         spec=ICEBREAKER, default_mhz=36, payload="engine", core=ICEBREAKER_CORE, rows=4,

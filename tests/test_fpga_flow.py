@@ -388,6 +388,8 @@ def test_ulx3s_builds_the_core_behind_the_link(tmp_path):
     # every PE is on a MULT18X18D with the DSP's registers (none with a LUT multiplier)
     assert prepared.core["pe_multiplier"] == "mult18x18d" and prepared.lut_pes == 0
     assert f"setattr -set keep 1 jalapeno_pe_{lanes}_mult18x18d/t:*dff*" in script
+    # the engine's accumulator add has its own stage (the registers of that stage)
+    assert prepared.core["accumulator_stage"] is True and "w_sums" in il
 
 
 def test_board_router_override(tmp_path):
@@ -407,6 +409,7 @@ def test_ulx3s_core_with_fp8(tmp_path):
     script = (tmp_path / "ulx3s.ys").read_text()
     # as measured: inferred multipliers, router2 (router1 needs hours for this design)
     assert prepared.core["pe_multiplier"] is None and "jalapeno_pe_8_fp8/t:" in script
+    assert prepared.core["accumulator_stage"] is False
     assert "--router router2" in (tmp_path / "build_ulx3s.sh").read_text()
     with pytest.raises(FPGAFlowError, match="engine payload is INT8-only"):
         prepare("icebreaker", tmp_path, fp8=True)

@@ -2,11 +2,14 @@
 
 import numpy as np
 import pytest
+from amaranth.hdl import Value
+from amaranth.sim import Simulator
 
 from jalapeno.matmul_tiling import assemble, plan_matmul
-from rtl.matmul.engine import MatmulEngine
+from rtl.matmul.engine import MatmulEngine, matmul_pass_layout
 from rtl.matmul.mode import MatmulMode
 from sim.cocotb_runner import run_cocotb
+from sim.payload import pack, pack_lanes, unpack_lanes
 from sim.golden import matmul as golden
 from sim.matmul_cases import random_codes
 from sim.toolchain import ice40_cell_model
@@ -48,13 +51,15 @@ def test_engine_cancellation_and_errors_verilator():
 @pytest.mark.cocotb
 def test_engine_non_square_chunked_verilator():
     """3 x 5 array, 8 accumulator rows: rows and columns cannot be confused, M is chunked.
-    Its PEs have registered multipliers (the ULX3S core's, in their Amaranth
-    implementation): one cycle more through the array, the same results as the golden
-    model in every mode (the FP8 side information waits for the product in registers of
-    its own); the other engine tests cover the PE with one product register."""
+    Built like the ULX3S core's engine: its PEs have registered multipliers (in their
+    Amaranth implementation), one cycle more through the array, and the accumulator's add
+    has a stage of its own, one cycle more again; the same results as the golden model in
+    every mode (the FP8 side information waits for the product in registers of its own).
+    The other engine tests cover the PE with one product register and the one-stage
+    accumulator."""
     params = dict(rows=3, cols=5, max_rows=8)
-    dut = engine(**params, pe_multiplier="behavioral")
-    assert dut.latency == 3 + 5 + 5 + 1
+    dut = engine(**params, pe_multiplier="behavioral", accumulator_stage=True)
+    assert dut.latency == 3 + 5 + 5 + 1 + 1
     run_cocotb(dut, **ENGINE_BUILD, name="matmul_engine_3x5_registered_multiplier",
                test_module="tests.benches.tb_matmul_engine", testcase="random_problems",
                extra_env=engine_env(**params, seed=23, stall=0.25, problems=12))
@@ -77,6 +82,89 @@ def test_engine_pe_pairs_verilator():
                test_module="tests.benches.tb_matmul_engine",
                testcase=["random_problems", "error_status"],
                extra_env=engine_env(**params, fp8=False, seed=37, stall=0.3, problems=14))
+
+
+def run_engine_pysim(dut, problems, *, backpressure, seed):
+    """Run (mode, A, W) problems back to back through ``dut`` in Amaranth's simulator,
+    inputs always valid, random backpressure on ``c``. Returns the results of each
+    problem and, for every A row fed, the engine's advancing cycle (``c`` not held) in
+    which it went in, its accumulator row and whether its pass accumulates."""
+    all_passes, spans = [], []
+    for mode, a, w in problems:
+        passes = plan_matmul(a, w, mode, rows=dut.rows, cols=dut.cols, max_rows=dut.max_rows)
+        spans.append((len(all_passes), len(passes)))
+        all_passes += passes
+    commands = list(pack(matmul_pass_layout(dut.max_rows),
+                         {k: np.array([p.command()[k] for p in all_passes])
+                          for k in ("mode", "rows", "accumulate", "emit")}))
+    weights = list(pack_lanes(np.concatenate([p.weight_tile for p in all_passes]), 8))
+    row_info = [(i, p.accumulate) for p in all_passes for i in range(p.m)]
+    a_rows = list(pack_lanes(np.concatenate([p.a_rows for p in all_passes if p.m]), 8))
+    expected_rows = sum(p.m for p in all_passes if p.emit)
+    rng = np.random.default_rng(seed)
+    results, fed = [], []
+
+    async def bench(ctx):
+        advancing = 0
+        queues = [(dut.cmd, commands), (dut.weights, weights), (dut.a, a_rows)]
+        for _ in range(20 * (len(weights) + len(a_rows)) + 200):
+            if len(results) == expected_rows:
+                break
+            for port, queue in queues:
+                ctx.set(port.valid, bool(queue))
+                if queue:
+                    ctx.set(Value.cast(port.payload), int(queue[0]))
+            ctx.set(dut.c.ready, bool(rng.random() >= backpressure))
+            c_valid, c_ready = ctx.get(dut.c.valid), ctx.get(dut.c.ready)
+            if c_valid and c_ready:
+                results.append(ctx.get(Value.cast(dut.c.payload)))
+            for port, queue in queues:
+                if queue and ctx.get(port.ready):
+                    queue.pop(0)
+                    if port is dut.a:
+                        fed.append((advancing, *row_info[len(fed)]))
+            advancing += (not c_valid) or c_ready
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(results) == expected_rows, f"{len(results)} of {expected_rows} result rows came out"
+    layout = dut.c.payload.shape()
+    values = unpack_lanes(results, 32, dut.cols).astype(np.uint32)
+    assert not any(r >> layout["error"].offset & 1 for r in results), "error rows"
+    got, row = [], 0
+    for (mode, a, w), (first, count) in zip(problems, spans):
+        passes = all_passes[first:first + count]
+        emitted = sum(p.m for p in passes if p.emit)
+        got.append(assemble(passes, values[row:row + emitted], a.shape[0], w.shape[1]))
+        row += emitted
+    return got, fed
+
+
+def test_engine_accumulator_stage_forwards_back_to_back_rows():
+    """With ``accumulator_stage`` a row is added and written a cycle after it is read: an
+    accumulating row one advancing cycle behind a row of the same accumulator row needs
+    the forwarded sum, one two cycles behind the transparent read. Short K-tiled problems
+    with M = 1 or 2 and heavy backpressure (weights load while ``c`` is held, so the next
+    pass follows at once) make both happen, many times; the results must match golden."""
+    rng = np.random.default_rng(3)
+    problems = []
+    for i in range(40):
+        m, k, n = int(rng.integers(1, 3)), int(rng.integers(3, 9)), int(rng.integers(1, 3))
+        mode = (MatmulMode.INT8, MatmulMode.UINT8)[i % 2]
+        problems.append((mode, random_codes(rng, (m, k), mode, "a"),
+                         random_codes(rng, (k, n), mode, "w")))
+    dut = MatmulEngine(rows=2, cols=2, max_rows=4, fp8=False, accumulator_stage=True)
+    assert dut.latency == 2 + 2 + 5 + 1
+    got, fed = run_engine_pysim(dut, problems, backpressure=0.7, seed=4)
+    for (mode, a, w), result in zip(problems, got):
+        assert np.array_equal(result, golden.matmul(a, w, mode)), (mode, a, w, result)
+    gaps = [later[0] - earlier[0] for j, later in enumerate(fed) if later[2]
+            for earlier in [next((e for e in reversed(fed[:j]) if e[1] == later[1]), None)]
+            if earlier is not None]
+    assert gaps.count(1) >= 5 and gaps.count(2) >= 5, sorted(gaps)[:20]
 
 
 def test_engine_pe_options_are_exclusive():

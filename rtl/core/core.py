@@ -67,6 +67,10 @@ class Core(wiring.Component):
         The array's PEs multiply with a registered multiplier (``"mult18x18d"``: the
         ECP5 DSP with its own registers; see :class:`rtl.matmul.engine.MatmulEngine`).
         Same results; a GEMM pass takes one cycle more.
+    accumulator_stage : bool
+        The matmul engine adds to its accumulator rows in a stage of their own (see
+        :class:`rtl.matmul.engine.MatmulEngine`). Same results; a GEMM pass takes one
+        cycle more.
 
     The ``CONFIG`` register tells the host what was built: bit 0 ``fp8``, bit 1
     ``vector_units``, bit 2 ``requantizer``, bit 3 ``scheduler``.
@@ -91,7 +95,7 @@ class Core(wiring.Component):
                  max_rows=512, dram_words=1 << 24, fp8=True, queue_depth=32,
                  max_length=512, max_hidden=1024, sched_queue_depth=32, sched_inflight=4,
                  shared_pe_module=False, vector_units=True, requantizer=True, scheduler=True,
-                 pe_multiplier=None):
+                 pe_multiplier=None, accumulator_stage=False):
         if lanes not in (4, 8, 16, 32):
             raise ValueError(f"lanes must be 4, 8, 16 or 32, not {lanes!r}")
         for name, value in (("inp_words", inp_words), ("wgt_words", wgt_words),
@@ -110,6 +114,7 @@ class Core(wiring.Component):
         self.sched_inflight = sched_inflight
         self._shared_pe_module = shared_pe_module
         self._pe_multiplier = pe_multiplier
+        self._accumulator_stage = bool(accumulator_stage)
         self.vector_units = bool(vector_units)
         self.requantizer = bool(requantizer)
         self.scheduler = bool(scheduler)
@@ -134,7 +139,8 @@ class Core(wiring.Component):
                            fp8=self.fp8, shared_pe_module=self._shared_pe_module,
                            max_length=self.max_length, max_hidden=self.max_hidden,
                            vector_units=self.vector_units, requantizer=self.requantizer,
-                           pe_multiplier=self._pe_multiplier)
+                           pe_multiplier=self._pe_multiplier,
+                           accumulator_stage=self._accumulator_stage)
 
     def verilog_modules(self):
         """``{name: component}`` of the Verilog modules the core instantiates."""

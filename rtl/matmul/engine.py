@@ -63,7 +63,7 @@ class MatmulEngine(wiring.Component):
 
     Latency from an A row's transfer to its result row being valid:
     :attr:`latency` = rows + cols + 5 cycles (+ 2 with ``pe_pairs``, + 1 with
-    ``pe_multiplier``). Throughput: one A row per cycle,
+    ``pe_multiplier``, + 1 with ``accumulator_stage``). Throughput: one A row per cycle,
     i.e. rows x cols MACs per cycle.
 
     Counters (free-running since reset): ``cycle_count`` counts cycles in which
@@ -91,6 +91,13 @@ class MatmulEngine(wiring.Component):
         ECP5 ``MULT18X18D`` with ``"mult18x18d"``; see
         :class:`~.registered_multiplier.RegisteredMultiplier`), with this
         implementation. Same results, one cycle more latency. Not with ``pe_pairs``.
+    accumulator_stage : bool
+        Give the accumulator's add a stage of its own: the row read from the
+        accumulator buffer is registered, and added and written back a cycle later
+        (forwarded from that stage to the next row when both have the same index:
+        back-to-back passes of one row). Without it the block RAM's read data, the
+        add and the write data are one path (the 8 x 8 engine's critical path on the
+        ECP5). Same results, one cycle more latency.
 
     Members
     -------
@@ -102,7 +109,7 @@ class MatmulEngine(wiring.Component):
     """
 
     def __init__(self, *, rows=16, cols=16, max_rows=512, fp8=True, shared_pe_module=False,
-                 pe_pairs=None, pe_multiplier=None):
+                 pe_pairs=None, pe_multiplier=None, accumulator_stage=False):
         for name, value in (("Row", rows), ("Column", cols), ("Accumulator row", max_rows)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} count must be a positive integer, not {value!r}")
@@ -113,6 +120,7 @@ class MatmulEngine(wiring.Component):
         self._shared_pe_module = bool(shared_pe_module)
         self._pe_pairs = pe_pairs
         self._pe_multiplier = pe_multiplier
+        self._accumulator_stage = bool(accumulator_stage)
         try:
             check_pe_pairs(cols, self._fp8, pe_pairs, pe_multiplier)
         except ValueError:
@@ -148,7 +156,8 @@ class MatmulEngine(wiring.Component):
     @property
     def latency(self):
         """Cycles from an A row's transfer to its result on ``c`` (no backpressure)."""
-        return self._rows + self._cols + product_latency(self._pe_pairs, self._pe_multiplier) + 4
+        return (self._rows + self._cols + product_latency(self._pe_pairs, self._pe_multiplier)
+                + 4 + self._accumulator_stage)
 
     def elaborate(self, platform):
         m = Module()
@@ -299,7 +308,8 @@ class MatmulEngine(wiring.Component):
         d_tag = Signal(tag_layout)
         m.d.comb += d_tag.eq(delay(s_in_tag, array.column_latency(cols - 1), "tag"))
 
-        # -- Accumulator: read row at D, add and write back at E -----------------------------
+        # -- Accumulator: read row at D, add and write back at E (or at A, a cycle later,
+        #    with ``accumulator_stage``) ----------------------------------------------------
         entry_layout = data.StructLayout({
             "sums": data.ArrayLayout(self._acc_layout, cols), "fp8": 1, "error": 1,
         })
@@ -312,29 +322,42 @@ class MatmulEngine(wiring.Component):
         e_sums = Signal(data.ArrayLayout(array.sum_layout, cols))
         with m.If(advance):
             m.d.sync += [e_tag.eq(d_tag), e_sums.eq(d_sums)]
-        old = acc_read.data
-        e_entry = Signal(entry_layout)
+        if self._accumulator_stage:
+            # A: the old row in a register; the row that is written in the same cycle
+            # (one ahead, same index) is forwarded, since the buffer read it too early.
+            # Rows two ahead were written while this one was read (a transparent port).
+            w_tag = Signal(tag_layout)
+            w_sums = Signal(data.ArrayLayout(array.sum_layout, cols))
+            old = Signal(entry_layout)
+            w_entry = Signal(entry_layout)
+            forward = w_tag.valid & (w_tag.index == e_tag.index)
+            with m.If(advance):
+                m.d.sync += [w_tag.eq(e_tag), w_sums.eq(e_sums),
+                             old.eq(Mux(forward, w_entry, acc_read.data))]
+        else:
+            w_tag, w_sums, old = e_tag, e_sums, acc_read.data
+            w_entry = Signal(entry_layout)
         for c in range(cols):
             base = data.View(self._acc_layout,
-                             Mux(e_tag.accumulate, old.sums[c], empty_sum(self._acc_layout)))
-            m.d.comb += e_entry.sums[c].value.eq(base.value + column_to_accumulator(e_sums[c]))
-            for name, expr in merge_flags(base, e_sums[c]).items():
-                m.d.comb += getattr(e_entry.sums[c], name).eq(expr)
-        mixed = e_tag.accumulate & ((old.fp8 != e_tag.fp8) | old.error)
+                             Mux(w_tag.accumulate, old.sums[c], empty_sum(self._acc_layout)))
+            m.d.comb += w_entry.sums[c].value.eq(base.value + column_to_accumulator(w_sums[c]))
+            for name, expr in merge_flags(base, w_sums[c]).items():
+                m.d.comb += getattr(w_entry.sums[c], name).eq(expr)
+        mixed = w_tag.accumulate & ((old.fp8 != w_tag.fp8) | old.error)
         m.d.comb += [
-            e_entry.fp8.eq(e_tag.fp8),
-            e_entry.error.eq(e_tag.error | mixed),
-            acc_write.addr.eq(e_tag.index),
-            acc_write.data.eq(e_entry),
-            acc_write.en.eq(advance & e_tag.valid),
+            w_entry.fp8.eq(w_tag.fp8),
+            w_entry.error.eq(w_tag.error | mixed),
+            acc_write.addr.eq(w_tag.index),
+            acc_write.data.eq(w_entry),
+            acc_write.en.eq(advance & w_tag.valid),
         ]
 
         # -- Rounding (F, F+1) and the output register ----------------------------------------
         f_tag = Signal(tag_layout)
         f_entry = Signal(entry_layout)
         with m.If(advance):
-            m.d.sync += [f_tag.eq(e_tag), f_entry.eq(e_entry)]
-            m.d.sync += f_tag.error.eq(e_entry.error)
+            m.d.sync += [f_tag.eq(w_tag), f_entry.eq(w_entry)]
+            m.d.sync += f_tag.error.eq(w_entry.error)
         rounders = []
         for c in range(cols):
             rounder = ResultRounder(self._acc_layout.size - 4, fp8=self._fp8)
