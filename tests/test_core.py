@@ -618,12 +618,19 @@ def test_results_do_not_depend_on_memory_timing(timing):
     assert stats["load_wait_memory"] > 0
 
 
+class RawProgram:
+    """Encoded instructions as they are, for ``Accelerator.run``."""
+
+    def __init__(self, program_bytes):
+        self.program_bytes = program_bytes
+
+    def to_bytes(self):
+        return self.program_bytes
+
+
 def run_error(accelerator, program_bytes):
-    class Raw:
-        def to_bytes(self):
-            return program_bytes
     with pytest.raises(DeviceError) as info:
-        accelerator.run(Raw())
+        accelerator.run(RawProgram(program_bytes))
     # The core recovers: an op right after the error is correct.
     a = np.arange(12).reshape(3, 4) % 7
     assert np.array_equal(accelerator.matmul(a, a.T, 0), golden_matmul(a, a.T, 0))
@@ -696,6 +703,38 @@ def test_unknown_opcode_is_an_error(accelerator):
         "requant-residual-params", "requant-residual", "requant-residual-stride"])
 def test_out_of_range_addresses_are_errors(accelerator, opcode, fields, unit):
     error = run_error(accelerator, one(opcode, **fields))
+    assert (error.code, error.unit) == (ErrorCode.ADDRESS, unit)
+
+
+D_WORDS = CONFIG.dram_words
+
+
+@pytest.mark.parametrize("opcode, fits, one_past, unit", [
+    (Opcode.LOAD, dict(bank=Bank.INP, sram_base=INP_WORDS - 6, sram_stride=1, rows=6, cols=1),
+     dict(rows=7), 1),
+    (Opcode.LOAD, dict(bank=Bank.WGT, rows=2, cols=1, dram_base=D_WORDS // 2,
+                       dram_stride=D_WORDS // 2 - 1), dict(dram_stride=D_WORDS // 2), 1),
+    (Opcode.LOAD, dict(bank=Bank.WGT, rows=1, cols=2, dram_base=D_WORDS - 2),
+     dict(dram_base=D_WORDS - 1), 1),
+    (Opcode.STORE, dict(bank=Bank.OUT, sram_base=0, sram_stride=OUT_WORDS - 1, rows=2, cols=1),
+     dict(sram_stride=OUT_WORDS), 3),
+    (Opcode.GEMM, dict(m=4, k_tiles=2, n_tiles=1, a_base=INP_WORDS - 5, a_stride=1),
+     dict(a_base=INP_WORDS - 4), 2),
+    (Opcode.GEMM, dict(m=4, k_tiles=1, n_tiles=2, out_base=INP_WORDS - 8, a_base=0),
+     dict(out_base=INP_WORDS - 7), 2),
+    (Opcode.SOFTMAX, dict(rows=2, words=3, src_base=INP_WORDS - 6, src_stride=3, dst_base=0),
+     dict(src_base=INP_WORDS - 5), 2),
+    (Opcode.LAYERNORM, dict(rows=3, words=4, dst_bank=Bank.OUT, dst_base=OUT_WORDS - 12,
+                            dst_stride=4), dict(dst_base=OUT_WORDS - 11), 2),
+    (Opcode.REQUANT, dict(rows=1, words=1, src_base=INP_WORDS - 4, param_base=0),
+     dict(src_base=INP_WORDS - 3), 2),
+], ids=["load-sram", "load-dram-stride", "load-dram-end", "store-sram", "gemm-a", "gemm-out",
+        "softmax-src", "layernorm-dst", "requant-src"])
+def test_operands_ending_at_the_buffer_end_fit(accelerator, opcode, fits, one_past, unit):
+    """The last word of a buffer (or of external memory) is usable; one word more is
+    ADDRESS: each extent's bound is exact, not just somewhere past the end."""
+    accelerator.run(RawProgram(one(opcode, **fits)))
+    error = run_error(accelerator, one(opcode, **{**fits, **one_past}))
     assert (error.code, error.unit) == (ErrorCode.ADDRESS, unit)
 
 
