@@ -1,6 +1,6 @@
 """The compute unit: GEMM, the row-wise ops (SOFTMAX, LAYERNORM, ACTIVATION, REQUANT), TABLE, NOP."""
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -177,6 +177,26 @@ class ComputeUnit(wiring.Component):
         row_elements = v.words << log_n
         table_words = (tbl.count + per_word - 1) >> exact_log2(per_word)
 
+        def settled(value, name):
+            """``value``, a function of the current instruction, in a register that follows
+            it every cycle. The instruction is stable from ``control.start`` on, and nothing
+            reads these before its range check is done (``count + 3`` cycles later), so the
+            register always holds the current instruction's value when it is read; no
+            comparator or state machine then waits for a decoder, a multiplexer and a
+            subtraction (the ULX3S core's critical path ran from the instruction register
+            through such a chain into the weight sequencer's state, 14.2 ns at 75 MHz)."""
+            reg = Signal(Value.cast(value).shape(), name=name)
+            m.d.sync += reg.eq(value)
+            return reg
+
+        # Loop bounds (last indices) of the sequencers, as ``settled`` registers.
+        m_last, k_last = settled(g.m - 1, "m_last"), settled(g.k_tiles - 1, "k_last")
+        n_last = settled(g.n_tiles - 1, "n_last")
+        rows_last, words_last = settled(v.rows - 1, "rows_last"), settled(v.words - 1, "words_last")
+        rq_tiles_last = settled(rq_tiles - 1, "rq_tiles_last")
+        row_in_words_last = settled(row_in_words - 1, "row_in_words_last")
+        table_words_last = settled(table_words - 1, "table_words_last")
+
         # -- Checks --------------------------------------------------------------------------
         max_mode = MatmulMode.E5M2_E4M3.value if self._fp8 else MatmulMode.UINT8.value
         # CONVERT: FP32 results only (an FP8 mode), none of REQUANT's options, targets 0-2.
@@ -205,7 +225,8 @@ class ComputeUnit(wiring.Component):
         if not self._requantizer:     # only RAW results
             gemm_bad = gemm_bad | (g.post != PostOp.RAW)
             vector_bad = vector_bad | is_requant
-        field_bad = Mux(is_gemm, gemm_bad, Mux(is_vector, vector_bad, Mux(is_table, table_bad, 0)))
+        field_bad = settled(Mux(is_gemm, gemm_bad, Mux(is_vector, vector_bad,
+                                                       Mux(is_table, table_bad, 0))), "field_bad")
 
         def depth_of(bank):
             limit = Signal(17)
@@ -387,9 +408,9 @@ class ComputeUnit(wiring.Component):
         with m.If(control.start):
             m.d.sync += [d_row.eq(0), d_word.eq(0), d_ptr.eq(v.dst_base)]
         with m.Elif(v_valid & v_ready):
-            with m.If(d_word == v.words - 1):
+            with m.If(d_word == words_last):
                 m.d.sync += [d_word.eq(0), d_row.eq(d_row + 1), d_ptr.eq(d_ptr + v.dst_stride)]
-                with m.If(d_row == v.rows - 1):
+                with m.If(d_row == rows_last):
                     m.d.comb += v_done.eq(1)
             with m.Else():
                 m.d.sync += d_word.eq(d_word + 1)
@@ -416,7 +437,7 @@ class ComputeUnit(wiring.Component):
             m.d.comb += [layernorm.cmd.valid.eq(1), cmd_taken.eq(layernorm.cmd.ready)]
         with m.If(cmd_taken):
             m.d.sync += cmd_row.eq(cmd_row + 1)
-            with m.If(cmd_row == v.rows - 1):
+            with m.If(cmd_row == rows_last):
                 m.d.sync += cmd_active.eq(0)
 
         # WGT words to the weights (direct or transposed), the parameter FIFO (10- or 13-word
@@ -424,7 +445,7 @@ class ComputeUnit(wiring.Component):
         wdata = wgt_reader.data
         collected = Signal(range(PARAM_WORDS_WIDE))
         param_words = Signal(PARAM_WORDS_WIDE * word_bits)
-        param_last = Mux(wide_params, PARAM_WORDS_WIDE - 1, PARAM_WORDS - 1)
+        param_last = settled(Mux(wide_params, PARAM_WORDS_WIDE - 1, PARAM_WORDS - 1), "param_last")
         param_set = decode_param_words(m, Cat(param_words[word_bits:], wdata.payload.data),
                                        wide_params, n)
         m.d.comb += [transposer.i.payload.eq(wdata.payload.data),
@@ -471,14 +492,15 @@ class ComputeUnit(wiring.Component):
         p_ptr = Signal(16)
         c_ptr = Signal(16)      # the class-1 parameters (gemm_cls)
         c_phase = Signal()      # reading tile w_j's class-1 set (before its normal one)
-        tiles = Mux(is_gemm, g.n_tiles, rq_tiles)
-        res_rows = Mux(is_gemm, g.m, v.rows)
+        tiles = settled(Mux(is_gemm, g.n_tiles, rq_tiles), "tiles")
+        tiles_last = settled(Mux(is_gemm, g.n_tiles, rq_tiles) - 1, "tiles_last")
+        res_rows_last = settled(Mux(is_gemm, g.m, v.rows) - 1, "res_rows_last")
         res_stride = Mux(is_gemm, g.res_stride, v.res_stride)
         m.d.comb += [
             engine.cmd.payload.mode.eq(g.mode),
             engine.cmd.payload.rows.eq(g.m),
             engine.cmd.payload.accumulate.eq(w_kt != 0),
-            engine.cmd.payload.emit.eq(w_kt == g.k_tiles - 1),
+            engine.cmd.payload.emit.eq(w_kt == k_last),
         ]
         with m.FSM(name="weight_sequencer"):
             with m.State("IDLE"):
@@ -518,14 +540,14 @@ class ComputeUnit(wiring.Component):
                             m.next = "RESIDUAL"
                         with m.Else():
                             m.d.sync += w_j.eq(w_j + 1)
-                            with m.If(w_j == tiles - 1):
+                            with m.If(w_j == tiles_last):
                                 m.next = "IDLE"
             with m.State("RESIDUAL"):
                 m.d.comb += [wgt_reader.addr.valid.eq(1), wgt_reader.addr.payload.addr.eq(w_ptr),
                              wgt_reader.addr.payload.tag.eq(_TAG_RESIDUAL)]
                 with m.If(wgt_reader.addr.ready):
                     m.d.sync += [w_ptr.eq(w_ptr + res_stride), w_i.eq(w_i + 1)]
-                    with m.If(w_i == res_rows - 1):
+                    with m.If(w_i == res_rows_last):
                         m.d.sync += w_i.eq(0)
                         with m.If(is_gemm):
                             # GEMM: w_j already counts the tile whose weights were just read.
@@ -535,7 +557,7 @@ class ComputeUnit(wiring.Component):
                                 m.next = "PARAMS"
                         with m.Else():
                             m.d.sync += w_j.eq(w_j + 1)
-                            with m.If(w_j == tiles - 1):
+                            with m.If(w_j == tiles_last):
                                 m.next = "IDLE"
                             with m.Else():
                                 m.next = "PARAMS"
@@ -554,7 +576,7 @@ class ComputeUnit(wiring.Component):
                     m.d.sync += [w_ptr.eq(w_ptr + g.w_stride), w_i.eq(w_i + 1)]
                     with m.If(w_i == n - 1):
                         m.d.sync += w_i.eq(0)
-                        with m.If(w_kt == g.k_tiles - 1):
+                        with m.If(w_kt == k_last):
                             m.d.sync += [w_kt.eq(0), w_j.eq(w_j + 1),
                                          w_tile_base.eq(w_tile_base
                                                         + Mux(g.transpose_w, g.w_stride << log_n, 1))]
@@ -562,7 +584,7 @@ class ComputeUnit(wiring.Component):
                                 # Tile j's residual rows, taken as its rows come out.
                                 m.d.sync += w_ptr.eq(g.res_base + w_j)
                                 m.next = "RESIDUAL"
-                            with m.Elif(w_j == g.n_tiles - 1):
+                            with m.Elif(w_j == n_last):
                                 m.next = "IDLE"
                             with m.Elif(~raw):
                                 m.next = "PARAMS"
@@ -576,7 +598,7 @@ class ComputeUnit(wiring.Component):
                              wgt_reader.addr.payload.tag.eq(_TAG_TABLE)]
                 with m.If(wgt_reader.addr.ready):
                     m.d.sync += [w_ptr.eq(w_ptr + 1), w_i.eq(w_i + 1)]
-                    with m.If(w_i == table_words - 1):
+                    with m.If(w_i == table_words_last):
                         m.next = "IDLE"
 
         # INP sequencer: A rows for every GEMM pass, or the rows of a row-wise op, or the
@@ -604,11 +626,11 @@ class ComputeUnit(wiring.Component):
                 m.d.comb += [inp_reader.addr.valid.eq(1), inp_reader.addr.payload.addr.eq(a_ptr)]
                 with m.If(inp_reader.addr.ready):
                     m.d.sync += [a_ptr.eq(a_ptr + g.a_stride), a_row.eq(a_row + 1)]
-                    with m.If(a_row == g.m - 1):
+                    with m.If(a_row == m_last):
                         m.d.sync += a_row.eq(0)
-                        with m.If(a_kt == g.k_tiles - 1):
+                        with m.If(a_kt == k_last):
                             m.d.sync += [a_kt.eq(0), a_j.eq(a_j + 1), a_ptr.eq(g.a_base)]
-                            with m.If(a_j == g.n_tiles - 1):
+                            with m.If(a_j == n_last):
                                 m.next = "IDLE"
                         with m.Else():
                             m.d.sync += [a_kt.eq(a_kt + 1), a_ptr.eq(g.a_base + a_kt + 1)]
@@ -617,10 +639,10 @@ class ComputeUnit(wiring.Component):
                              inp_reader.addr.payload.addr.eq(a_ptr + a_word)]
                 with m.If(inp_reader.addr.ready):
                     m.d.sync += a_word.eq(a_word + 1)
-                    with m.If(a_word == row_in_words - 1):
+                    with m.If(a_word == row_in_words_last):
                         m.d.sync += [a_word.eq(0), a_row.eq(a_row + 1),
                                      a_ptr.eq(a_ptr + v.src_stride)]
-                        with m.If(a_row == v.rows - 1):
+                        with m.If(a_row == rows_last):
                             m.next = "IDLE"
             with m.State("REQUANT"):
                 m.d.comb += [inp_reader.addr.valid.eq(1),
@@ -629,10 +651,10 @@ class ComputeUnit(wiring.Component):
                     m.d.sync += a_quarter.eq(a_quarter + 1)
                     with m.If(a_quarter == 3):
                         m.d.sync += [a_row.eq(a_row + 1), a_ptr.eq(a_ptr + v.src_stride)]
-                        with m.If(a_row == v.rows - 1):
+                        with m.If(a_row == rows_last):
                             m.d.sync += [a_row.eq(0), a_ptr.eq(v.src_base), a_word.eq(a_word + 4),
                                          a_j.eq(a_j + 1)]
-                            with m.If(a_j == rq_tiles - 1):
+                            with m.If(a_j == rq_tiles_last):
                                 m.next = "IDLE"
 
         # -- Instruction FSM -----------------------------------------------------------------

@@ -80,7 +80,8 @@ class PostProcessor(wiring.Component):
     unit rejects the other post ops first); with ``convert=False`` no converter is built
     (the compute unit rejects ``CONVERT``).
 
-    Configure while idle, pulse ``start``; ``done`` pulses after the last word is
+    Configure while idle, pulse ``start`` (``m``, ``n_tiles`` and ``cls_rows`` are
+    latched then; the rest must stay stable until ``done``); ``done`` pulses after the last word is
     accepted on ``write``. ``engine_error`` pulses for a row the engine flagged,
     ``shift_error`` for a requantization with a shift out of range, ``saturations``
     counts the lanes that saturated in a written word.
@@ -138,8 +139,17 @@ class PostProcessor(wiring.Component):
             self.write.payload.addr.eq(row_addr + tile_offset + quarter),
             word_sent.eq(self.write.valid & self.write.ready),
         ]
+        # The last row, tile and class-0 row, latched at ``start``: the counters compare
+        # with registers, not with a subtraction from the configuration inputs.
+        m_last = Signal(signed(17))
+        tiles_last = Signal(signed(17))
+        cls_last_row = Signal(signed(17))
+        cls_on = Signal()
+        with m.If(self.start):
+            m.d.sync += [m_last.eq(self.m - 1), tiles_last.eq(self.n_tiles - 1),
+                         cls_last_row.eq(self.cls_rows - 1), cls_on.eq(self.cls_rows != 0)]
         last_word = Mux(raw, quarter == 3, Mux(wide, quarter == 1, 1))
-        last_row = row == self.m - 1
+        last_row = row == m_last
         with m.If(self.start):
             m.d.sync += [row.eq(0), tile.eq(0), row_addr.eq(self.out_base), tile_offset.eq(0),
                          quarter.eq(0), running.eq(1)]
@@ -153,7 +163,7 @@ class PostProcessor(wiring.Component):
                 with m.Else():
                     m.d.sync += [row.eq(0), row_addr.eq(self.out_base), tile.eq(tile + 1),
                                  tile_offset.eq(tile_offset + Mux(raw, 4, Mux(wide, 2, 1)))]
-                    with m.If(tile == self.n_tiles - 1):
+                    with m.If(tile == tiles_last):
                         m.d.sync += running.eq(0)
                         m.d.comb += self.done.eq(1)
 
@@ -165,7 +175,7 @@ class PostProcessor(wiring.Component):
             m.d.sync += in_row.eq(0)
         with m.Elif(row_taken):
             m.d.sync += in_row.eq(in_row + 1)
-            with m.If(in_row == self.m - 1):
+            with m.If(in_row == m_last):
                 m.d.sync += in_row.eq(0)
         m.d.comb += self.engine_error.eq(row_taken & self.rows.payload.error)
 
@@ -209,8 +219,8 @@ class PostProcessor(wiring.Component):
             m.d.comb += self.rows.ready.eq(lane_ready & self.params.valid & residual_ok)
             # Row classes: the first set of a tile serves rows < cls_rows, popped after
             # row cls_rows - 1; the second the rest, popped after the tile's last row.
-            cls_last = (self.cls_rows != 0) & (in_row == self.cls_rows - 1)
-            m.d.comb += self.params.ready.eq(row_taken & ((in_row == self.m - 1) | cls_last))
+            cls_last = cls_on & (in_row == cls_last_row)
+            m.d.comb += self.params.ready.eq(row_taken & ((in_row == m_last) | cls_last))
             m.d.comb += self.residual.ready.eq(row_taken & self.residual_en)
         values = Signal(data.ArrayLayout(signed(8), lanes))
         values16 = Signal(data.ArrayLayout(signed(16), lanes))
