@@ -30,6 +30,12 @@ __all__ = ["ComputeUnit", "shared_pe_modules"]
 _TAG_WEIGHT, _TAG_PARAM, _TAG_TABLE, _TAG_RESIDUAL = 0, 1, 2, 3
 
 
+def constant_product(value, constant):
+    """``value * constant`` as a sum of shifted copies of ``value`` (no multiplier)."""
+    terms = [value << i for i in range(constant.bit_length()) if constant >> i & 1]
+    return sum(terms[1:], terms[0])
+
+
 def shared_pe_modules(lanes, fp8, shared, pe_multiplier=None):
     """The PE Verilog module the engine instantiates when ``shared`` (see MatmulEngine)."""
     return array.shared_pe_modules(lanes, fp8, pe_multiplier=pe_multiplier) if shared else {}
@@ -169,7 +175,6 @@ class ComputeUnit(wiring.Component):
         # GEMM's REQUANT post op takes the same options (``g.wide``, ``g.residual``).
         rq_tiles = Mux(v.wide, v.words >> 1, v.words)
         wide_params = Mux(is_gemm, g.wide | g.residual, is_requant & (v.wide | v.residual))
-        gemm_param_words = Mux(wide_params, g.n_tiles * PARAM_WORDS_WIDE, g.n_tiles * PARAM_WORDS)
         # LAYERNORM with ``wide``: INT16 rows, 2 input words per output word.
         ln_wide = is_layernorm & v.wide
         row_in_words = Mux(ln_wide, v.words << 1, v.words)
@@ -188,6 +193,15 @@ class ComputeUnit(wiring.Component):
             reg = Signal(Value.cast(value).shape(), name=name)
             m.d.sync += reg.eq(value)
             return reg
+
+        # The WGT words of all the parameter sets (GEMM's tiles, or REQUANT's), one set per
+        # tile: by shifts and adds (Yosys would give a constant product a DSP, and that DSP
+        # on the way from the instruction to the range check was the ULX3S core's critical
+        # path, 15.3 ns), settled: extents after the first are read by the range check two
+        # or more cycles after ``start``.
+        param_tiles = Mux(is_gemm, g.n_tiles, rq_tiles)
+        param_words = settled(Mux(wide_params, constant_product(param_tiles, PARAM_WORDS_WIDE),
+                                  constant_product(param_tiles, PARAM_WORDS)), "param_words")
 
         # Loop bounds (last indices) of the sequencers, as ``settled`` registers.
         m_last, k_last = settled(g.m - 1, "m_last"), settled(g.k_tiles - 1, "k_last")
@@ -247,16 +261,14 @@ class ComputeUnit(wiring.Component):
                    Mux(is_table, wgt_depth, inp_depth)),
             Extent(g.w_base, Mux(g.transpose_w, g.n_tiles, g.k_tiles) << log_n, g.w_stride,
                    Mux(g.transpose_w, g.k_tiles, g.n_tiles), wgt_depth, enable=is_gemm),
-            Extent(Mux(is_gemm, g.param_base, v.param_base), 1, 0,
-                   Mux(is_gemm, gemm_param_words,
-                       Mux(wide_params, rq_tiles * PARAM_WORDS_WIDE, rq_tiles * PARAM_WORDS)),
+            Extent(Mux(is_gemm, g.param_base, v.param_base), 1, 0, param_words,
                    wgt_depth, enable=(is_gemm & ~raw) | is_requant),
             # The residual rows (REQUANT or GEMM).
             Extent(Mux(is_gemm, g.res_base, v.res_base), Mux(is_gemm, g.m, v.rows),
                    Mux(is_gemm, g.res_stride, v.res_stride), Mux(is_gemm, g.n_tiles, rq_tiles),
                    wgt_depth, enable=gemm_res | (is_requant & v.residual)),
             # GEMM's class-1 parameters.
-            Extent(g.cls_param_base, 1, 0, gemm_param_words, wgt_depth, enable=gemm_cls),
+            Extent(g.cls_param_base, 1, 0, param_words, wgt_depth, enable=gemm_cls),
             Extent(Mux(is_gemm, g.out_base, v.dst_base), Mux(is_gemm, g.m, v.rows),
                    Mux(is_gemm, g.out_stride, v.dst_stride),
                    Mux(is_gemm, Mux(raw, g.n_tiles << 2, Mux(gemm_two_words, g.n_tiles << 1, g.n_tiles)),
