@@ -11,6 +11,7 @@ from ..link.uart_bridge import UartHostBridge
 from .compute_unit import shared_pe_modules
 from .core import Core
 from .local_memory import LocalMemory
+from .status import Register
 
 
 __all__ = ["LinkedCore", "CONTROL_REGISTER", "SCHED_LINK_BASE", "SchedLinkRegister",
@@ -68,7 +69,10 @@ class LinkedCore(wiring.Component):
 
     The host's link frames map onto the core: WRITE_MEM / READ_MEM reach the on-chip
     memory the core's memory port uses, PUSH_INSN (32-byte instructions) feeds the
-    core's instruction port, READ_REG / WRITE_REG its registers, and a write of 1 to
+    core's instruction port (through a two-entry FIFO: the link's handshake then ends in
+    registers instead of running on into the core's dispatcher and its counters, which
+    was the ULX3S core's critical path; while the FIFO holds an instruction, STATUS
+    reads as neither idle nor blocked), READ_REG / WRITE_REG its registers, and a write of 1 to
     :data:`CONTROL_REGISTER` is a soft reset. ``jalapeno.serial_transport.CoreSerialTransport``
     is the host side. The scheduler's ports are link registers from
     :data:`SCHED_LINK_BASE` on (:class:`SchedLinkRegister`), through FIFOs, so that
@@ -132,12 +136,22 @@ class LinkedCore(wiring.Component):
         ]
         wiring.connect(m, link.mem_read_address, memory.host_read_address)
         wiring.connect(m, memory.host_read_data, link.mem_read_data)
-        m.d.comb += [core.insn.payload.eq(link.insn.payload), core.insn.valid.eq(link.insn.valid),
-                     link.insn.ready.eq(core.insn.ready)]
         # Registers: a read answers the cycle after its address; writes go to the core,
         # except the control register and the scheduler's link registers (SCHED_*).
         soft_reset = Signal()
         m.d.comb += core.soft_reset.eq(soft_reset)
+        insn_fifo = ResetInserter(soft_reset)(SyncFIFOBuffered(width=len(link.insn.payload),
+                                                               depth=2))
+        m.submodules.insn_fifo = insn_fifo
+        m.d.comb += [
+            insn_fifo.w_data.eq(link.insn.payload), insn_fifo.w_en.eq(link.insn.valid),
+            link.insn.ready.eq(insn_fifo.w_rdy),
+            core.insn.payload.eq(insn_fifo.r_data), core.insn.valid.eq(insn_fifo.r_rdy),
+            insn_fifo.r_en.eq(core.insn.ready),
+        ]
+        # STATUS bits 0 (idle) and 8 (blocked) also wait for the FIFO to be empty.
+        status_mask = Mux(insn_fifo.level != 0, ~((1 << 0) | (1 << 8)) & 0xFFFF_FFFF,
+                          0xFFFF_FFFF)
         sched = self._scheduler_ports(m, core, soft_reset) if core.scheduler else None
         answer = Signal()
         value = Signal(32)
@@ -150,7 +164,8 @@ class LinkedCore(wiring.Component):
             m.d.sync += answer.eq(1)
             with m.If(index < SCHED_LINK_BASE):
                 m.d.comb += core.reg_addr.eq(index)
-                m.d.sync += value.eq(core.reg_data)
+                m.d.sync += value.eq(Mux(index == Register.STATUS, core.reg_data & status_mask,
+                                         core.reg_data))
             with m.Else():
                 if sched is not None:
                     sched["read"](index, value)
