@@ -188,15 +188,16 @@ class BoardFlow:
 #: a LinkedCore built with one exposes it through registers 64 and up, docs/link.md).
 #: ULX3S: the 8 x 8 GEMM datapath (INT32 results; the host requantizes), every PE on a
 #: MULT18X18D with the DSP's own operand and product registers (``pe_multiplier``), the
-#: engine's accumulator add in a stage of its own (``accumulator_stage``). At 16 x 16 the
-#: row-wise units and the 16 requantizers need about 240 multipliers besides the PEs' 256,
-#: with the requantizers alone the LUT-multiplier PEs fill 98 % of the LUTs, and the
-#: GEMM-only 16 x 16 (59 % of the LUTs) did not route: nextpnr's router2 stalled at 19 k
-#: overused wires (docs/fpga.md).
+#: engine's accumulator add and the range checks' products in stages of their own
+#: (``accumulator_stage``, ``range_check_stage``). At 16 x 16 the row-wise units and the
+#: 16 requantizers need about 240 multipliers besides the PEs' 256, with the requantizers
+#: alone the LUT-multiplier PEs fill 98 % of the LUTs, and the GEMM-only 16 x 16 (59 % of
+#: the LUTs) did not route: nextpnr's router2 stalled at 19 k overused wires
+#: (docs/fpga.md).
 ULX3S_CORE = dict(lanes=8, memory_words=4096, inp_words=2048, wgt_words=2048, out_words=2048,
                   max_rows=256, fp8=False, queue_depth=8, max_length=256, max_hidden=512,
                   vector_units=False, requantizer=False, scheduler=False,
-                  pe_multiplier="mult18x18d", accumulator_stage=True)
+                  pe_multiplier="mult18x18d", accumulator_stage=True, range_check_stage=True)
 #: The smallest core: 4 x 4, no softmax, LayerNorm, activation, requantizer or scheduler.
 #: It does not fit the iCE40 UP5K (9,907 LUT4 and 19 multipliers after synthesis, against
 #: 5,280 and 8), so the iCEBreaker builds the placeholder engine payload (docs/fpga.md).
@@ -209,13 +210,15 @@ BOARDS = {
     # 16 x 16 INT8: 156 PEs on MULT18X18D, 100 with LUT multipliers.
     "ulx3s": BoardFlow(
         spec=ULX3S, default_mhz=60, payload="core", core=ULX3S_CORE, rows=16, cols=16,
-        max_rows=512, dsp_blocks=156, core_dsps=13, synth_opts="", abc9=False, nextpnr_opts="--router router1",
+        max_rows=512, dsp_blocks=156, core_dsps=12, synth_opts="", abc9=False,
+        nextpnr_opts="--router router1",
         bitstream_suffix="bit",
         resources={"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D",
                    "bram": "DP16KD"},
         # The FP8 core as measured (docs/fpga.md): router1 needs hours for its 52 k LUT4,
         # and router2 does not converge on PEs with registered DSPs.
-        fp8_mhz=30, fp8_core=dict(pe_multiplier=None, accumulator_stage=False),
+        fp8_mhz=30, fp8_core=dict(pe_multiplier=None, accumulator_stage=False,
+                                  range_check_stage=False),
         fp8_nextpnr_opts="--router router2"),
     # 4 x 4 INT8: two PEs per SB_MAC16 (its 8 x 8 mode), all 8 of them.
     "icebreaker": BoardFlow(

@@ -64,6 +64,11 @@ class CoreConfig:
     vector_units: bool = True
     requantizer: bool = True
     scheduler: bool = True
+    #: The ULX3S core's timing options (registered PE multipliers, the accumulator's and
+    #: the range checks' extra stages); the same results in a few more cycles.
+    pe_multiplier: str = None
+    accumulator_stage: bool = False
+    range_check_stage: bool = False
 
     def core(self):
         from rtl.core import Core

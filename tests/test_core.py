@@ -897,9 +897,12 @@ def test_attention_head_too_large_for_the_buffers_is_a_clear_error(accelerator):
 
 
 # -- A core built without the row-wise units, the requantizers and the scheduler (FPGA) ------
+# ... and with the ULX3S core's timing options: registered PE multipliers (their Amaranth
+# implementation), the accumulator's and the range checks' extra stages.
 
 GEMM_ONLY = dataclasses.replace(PRESETS["small"], fp8=False, vector_units=False,
-                                requantizer=False, scheduler=False)
+                                requantizer=False, scheduler=False, pe_multiplier="behavioral",
+                                accumulator_stage=True, range_check_stage=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 # amaranth: UnusedElaboratable=no
 """RangeCheck (rtl/core/range_check.py): the operand-extent checker of the load, compute and
 store units, in the Amaranth simulator against the rule of its docstring, on random and
-boundary extents; ``done`` comes exactly ``count + 3`` cycles after ``start``."""
+boundary extents; ``done`` comes exactly ``count + 3`` cycles after ``start`` (``count + 4``
+with ``product_stage``)."""
 
 import numpy as np
 import pytest
@@ -44,15 +45,17 @@ def cases(rng, count, width=WIDTH, rows_bits=16, large=False):
     return out
 
 
-@pytest.mark.parametrize("width, rows_bits, large", [(WIDTH, 16, False), (32, 24, True)])
-def test_range_check_against_the_rule(width, rows_bits, large):
+@pytest.mark.parametrize("width, rows_bits, large, product_stage", [
+    (WIDTH, 16, False, False), (32, 24, True, False), (32, 24, True, True)])
+def test_range_check_against_the_rule(width, rows_bits, large, product_stage):
     rng = np.random.default_rng(8)
     m = Module()
     signals = [tuple(Signal(bits, name=f"{name}_{i}") for name, bits in
                      (("base", width), ("rows", rows_bits), ("stride", width), ("cols", 16),
                       ("limit", width + 1), ("enable", 1)))
                for i in range(COUNT)]
-    m.submodules.dut = dut = RangeCheck(COUNT, width=width)
+    m.submodules.dut = dut = RangeCheck(COUNT, width=width, product_stage=product_stage)
+    assert dut.latency == COUNT + 3 + product_stage
     dut.connect_extents([Extent(*s) for s in signals])
     programs = [cases(rng, COUNT, width, rows_bits, large) for _ in range(150)]
     programs.append([(0, 1, 0, 1, 1, 1)] * COUNT)                  # all fit exactly
@@ -71,8 +74,8 @@ def test_range_check_against_the_rule(width, rows_bits, large):
             while not ctx.get(dut.done):
                 await ctx.tick()
                 cycles += 1
-                assert cycles <= COUNT + 3
-            assert cycles == COUNT + 3
+                assert cycles <= dut.latency
+            assert cycles == dut.latency
             expected_bad = not all(fits(*e) for e in extents)
             assert ctx.get(dut.bad) == expected_bad, extents
             checked["bad" if expected_bad else "good"] += 1

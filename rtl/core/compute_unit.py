@@ -85,7 +85,7 @@ class ComputeUnit(wiring.Component):
 
     def __init__(self, *, lanes, depths, max_rows, fp8, shared_pe_module, max_length=512,
                  max_hidden=1024, vector_units=True, requantizer=True, pe_multiplier=None,
-                 accumulator_stage=False):
+                 accumulator_stage=False, range_check_stage=False):
         if lanes < 4:
             raise ValueError("the compute unit needs at least 4 lanes (32-bit table entries)")
         self._lanes = lanes
@@ -95,6 +95,7 @@ class ComputeUnit(wiring.Component):
         self._shared_pe_module = shared_pe_module
         self._pe_multiplier = pe_multiplier
         self._accumulator_stage = bool(accumulator_stage)
+        self._range_check_stage = bool(range_check_stage)
         self._max_length = max_length
         self._max_hidden = max_hidden
         self._vector_units = bool(vector_units)
@@ -185,7 +186,7 @@ class ComputeUnit(wiring.Component):
         def settled(value, name):
             """``value``, a function of the current instruction, in a register that follows
             it every cycle. The instruction is stable from ``control.start`` on, and nothing
-            reads these before its range check is done (``count + 3`` cycles later), so the
+            reads these before its range check is done (``count + 3`` or more cycles later), so the
             register always holds the current instruction's value when it is read; no
             comparator or state machine then waits for a decoder, a multiplexer and a
             subtraction (the ULX3S core's critical path ran from the instruction register
@@ -252,7 +253,7 @@ class ComputeUnit(wiring.Component):
         out_bank = Mux(is_gemm, g.out_bank, v.dst_bank)
         out_limit = depth_of(out_bank)
         inp_depth, wgt_depth = self._depths[Bank.INP], self._depths[Bank.WGT]
-        m.submodules.check = check = RangeCheck(6)
+        m.submodules.check = check = RangeCheck(6, product_stage=self._range_check_stage)
         check.connect_extents([
             Extent(Mux(is_table, tbl.base, Mux(is_gemm, g.a_base, v.src_base)),
                    Mux(is_table, 1, Mux(is_gemm, g.m, v.rows)),

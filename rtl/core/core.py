@@ -71,6 +71,10 @@ class Core(wiring.Component):
         The matmul engine adds to its accumulator rows in a stage of their own (see
         :class:`rtl.matmul.engine.MatmulEngine`). Same results; a GEMM pass takes one
         cycle more.
+    range_check_stage : bool
+        The units' range checks compute their product in a stage of its own (see
+        :class:`rtl.core.range_check.RangeCheck`). Same results; every LOAD, STORE and
+        compute instruction takes one cycle more.
 
     The ``CONFIG`` register tells the host what was built: bit 0 ``fp8``, bit 1
     ``vector_units``, bit 2 ``requantizer``, bit 3 ``scheduler``.
@@ -95,7 +99,7 @@ class Core(wiring.Component):
                  max_rows=512, dram_words=1 << 24, fp8=True, queue_depth=32,
                  max_length=512, max_hidden=1024, sched_queue_depth=32, sched_inflight=4,
                  shared_pe_module=False, vector_units=True, requantizer=True, scheduler=True,
-                 pe_multiplier=None, accumulator_stage=False):
+                 pe_multiplier=None, accumulator_stage=False, range_check_stage=False):
         if lanes not in (4, 8, 16, 32):
             raise ValueError(f"lanes must be 4, 8, 16 or 32, not {lanes!r}")
         for name, value in (("inp_words", inp_words), ("wgt_words", wgt_words),
@@ -115,6 +119,7 @@ class Core(wiring.Component):
         self._shared_pe_module = shared_pe_module
         self._pe_multiplier = pe_multiplier
         self._accumulator_stage = bool(accumulator_stage)
+        self._range_check_stage = bool(range_check_stage)
         self.vector_units = bool(vector_units)
         self.requantizer = bool(requantizer)
         self.scheduler = bool(scheduler)
@@ -140,7 +145,8 @@ class Core(wiring.Component):
                            max_length=self.max_length, max_hidden=self.max_hidden,
                            vector_units=self.vector_units, requantizer=self.requantizer,
                            pe_multiplier=self._pe_multiplier,
-                           accumulator_stage=self._accumulator_stage)
+                           accumulator_stage=self._accumulator_stage,
+                           range_check_stage=self._range_check_stage)
 
     def verilog_modules(self):
         """``{name: component}`` of the Verilog modules the core instantiates."""
@@ -161,11 +167,12 @@ class Core(wiring.Component):
         # -- Units ---------------------------------------------------------------------------
         counters = Signal(data.ArrayLayout(32, n_counters))
         m.submodules.load = load = LoadUnit(
-            word_bits=word_bits, depths=self.depths, dram_words=self.dram_words)
+            word_bits=word_bits, depths=self.depths, dram_words=self.dram_words,
+            range_check_stage=self._range_check_stage)
         m.submodules.compute = compute = self._compute_unit()
         m.submodules.store = store = StoreUnit(
             word_bits=word_bits, out_words=self.depths[Bank.OUT], dram_words=self.dram_words,
-            counters=n_counters)
+            counters=n_counters, range_check_stage=self._range_check_stage)
         wiring.connect(m, load.rd_req, wiring.flipped(self.mem.rd_req))
         wiring.connect(m, wiring.flipped(self.mem.rd_data), load.rd_data)
         wiring.connect(m, store.wr_req, wiring.flipped(self.mem.wr_req))

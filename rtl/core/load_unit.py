@@ -31,9 +31,13 @@ class LoadUnit(wiring.Component):
         ``{Bank.INP: words, Bank.WGT: words}``.
     dram_words : int
         Size of external memory in words.
+    range_check_stage : bool
+        The range check's product gets a stage of its own (:class:`.range_check.RangeCheck`,
+        ``product_stage``): a cycle more per instruction.
     """
 
-    def __init__(self, *, word_bits, depths, dram_words):
+    def __init__(self, *, word_bits, depths, dram_words, range_check_stage=False):
+        self._range_check_stage = bool(range_check_stage)
         self._depths = depths
         self._dram_words = dram_words
         super().__init__({
@@ -74,7 +78,7 @@ class LoadUnit(wiring.Component):
         m.d.comb += limit.eq(self._depths[Bank.WGT])
         with m.If(t.bank == Bank.INP):
             m.d.comb += limit.eq(self._depths[Bank.INP])
-        m.submodules.check = check = RangeCheck(2)
+        m.submodules.check = check = RangeCheck(2, product_stage=self._range_check_stage)
         check.connect_extents([
             Extent(t.sram_base, t.rows, t.sram_stride, t.cols, limit),
             Extent(t.dram_base, t.rows, t.dram_stride, t.cols, self._dram_words),

@@ -22,9 +22,12 @@ class StoreUnit(wiring.Component):
     (word i holds counter i, zero-extended), which is how a program reads the
     hardware counters into memory. Any other bank raises BAD_FIELD, an extent that
     does not fit raises ADDRESS; the instruction is then skipped (tokens still pushed).
+    With ``range_check_stage`` the range check's product gets a stage of its own
+    (:class:`.range_check.RangeCheck`, ``product_stage``): a cycle more per instruction.
     """
 
-    def __init__(self, *, word_bits, out_words, dram_words, counters):
+    def __init__(self, *, word_bits, out_words, dram_words, counters, range_check_stage=False):
+        self._range_check_stage = bool(range_check_stage)
         self._word_bits = word_bits
         self._out_words = out_words
         self._dram_words = dram_words
@@ -68,7 +71,7 @@ class StoreUnit(wiring.Component):
         is_counters = t.bank == Bank.COUNTERS
         bank_ok = (t.bank == Bank.OUT) | is_counters
 
-        m.submodules.check = check = RangeCheck(2)
+        m.submodules.check = check = RangeCheck(2, product_stage=self._range_check_stage)
         check.connect_extents([
             Extent(t.sram_base, t.rows, t.sram_stride, t.cols,
                    Mux(is_counters, self._counters, self._out_words)),
