@@ -180,12 +180,15 @@ class Core(wiring.Component):
         wiring.connect(m, wiring.flipped(self.mem.wr_ack), store.wr_ack)
         m.d.comb += store.counters.eq(counters)
 
-        # Read ports: INP and WGT belong to compute, OUT to store.
-        for bank, (addr, en, rdata) in ((Bank.INP, (compute.inp_addr, compute.inp_en, compute.inp_data)),
-                                       (Bank.WGT, (compute.wgt_addr, compute.wgt_en, compute.wgt_data)),
-                                       (Bank.OUT, (store.out_addr, store.out_en, store.out_data))):
+        # Read ports: INP and WGT belong to compute, OUT to store. They read every cycle:
+        # a unit's reader takes a word only in the cycle after it issued the address, so
+        # its enable would only fan out to every block RAM of the buffer (on the ULX3S a
+        # critical path, 13.3 ns, mostly routing, with some placements).
+        for bank, (addr, rdata) in ((Bank.INP, (compute.inp_addr, compute.inp_data)),
+                                    (Bank.WGT, (compute.wgt_addr, compute.wgt_data)),
+                                    (Bank.OUT, (store.out_addr, store.out_data))):
             read = memories[bank][1]
-            m.d.comb += [read.addr.eq(addr), read.en.eq(en), rdata.eq(read.data)]
+            m.d.comb += [read.addr.eq(addr), rdata.eq(read.data)]
         # Write ports: compute first, the load unit when compute leaves the bank alone.
         cw, lw = compute.write, load.write
         m.d.comb += [cw.ready.eq(1),

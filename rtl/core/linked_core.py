@@ -136,7 +136,8 @@ class LinkedCore(wiring.Component):
         ]
         wiring.connect(m, link.mem_read_address, memory.host_read_address)
         wiring.connect(m, memory.host_read_data, link.mem_read_data)
-        # Registers: a read answers two cycles after its address; writes go to the core,
+        # Registers: a read answers two cycles after its address, a write is done a cycle
+        # after it is taken; writes go to the core,
         # except the control register and the scheduler's link registers (SCHED_*).
         soft_reset = Signal()
         m.d.comb += core.soft_reset.eq(soft_reset)
@@ -153,24 +154,26 @@ class LinkedCore(wiring.Component):
         status_mask = Mux(insn_fifo.level != 0, ~((1 << 0) | (1 << 8)) & 0xFFFF_FFFF,
                           0xFFFF_FFFF)
         sched = self._scheduler_ports(m, core, soft_reset) if core.scheduler else None
-        # A read takes its address into ``read_index`` and reads the register the cycle
-        # after (the bridge's register index into the core's register multiplexer in one
-        # cycle was the ULX3S core's critical path at 75 MHz, 12.9 ns).
+        # A read or a write takes its register index (and the value) into registers and
+        # is done a cycle later: the core's register index then always comes from a
+        # register (the bridge's index into the core's register multiplexer in one cycle
+        # was the ULX3S core's critical path at 75 MHz, 12.9 ns).
         answer = Signal()
         reading = Signal()
-        read_index = Signal.like(link.reg_read_address.payload)
+        writing = Signal()
+        index = Signal.like(link.reg_read_address.payload)
+        wdata = Signal(32)
         value = Signal(32)
-        busy = answer | reading
+        busy = answer | reading | writing
         m.d.comb += [link.reg_read_address.ready.eq(~busy),
                      link.reg_write.ready.eq(~busy & ~link.reg_read_address.valid),
-                     link.reg_read_data.valid.eq(answer), link.reg_read_data.payload.eq(value)]
+                     link.reg_read_data.valid.eq(answer), link.reg_read_data.payload.eq(value),
+                     core.reg_addr.eq(index)]
         with m.If(link.reg_read_data.ready & answer):
             m.d.sync += answer.eq(0)
         with m.If(reading):
-            index = read_index
             m.d.sync += [reading.eq(0), answer.eq(1)]
             with m.If(index < SCHED_LINK_BASE):
-                m.d.comb += core.reg_addr.eq(index)
                 m.d.sync += value.eq(Mux(index == Register.STATUS, core.reg_data & status_mask,
                                          core.reg_data))
             with m.Else():
@@ -178,18 +181,20 @@ class LinkedCore(wiring.Component):
                     sched["read"](index, value)
                 else:   # not reached: the bridge has no registers beyond the core's
                     m.d.sync += value.eq(0)
-        with m.Elif(link.reg_read_address.valid & ~busy):
-            m.d.sync += [read_index.eq(link.reg_read_address.payload), reading.eq(1)]
-        with m.Elif(link.reg_write.valid & ~busy):
-            address = link.reg_write.payload.address
-            wdata = link.reg_write.payload.data
-            with m.If(address == CONTROL_REGISTER):
+        with m.Elif(writing):
+            m.d.sync += writing.eq(0)
+            with m.If(index == CONTROL_REGISTER):
                 m.d.comb += soft_reset.eq(wdata[0])
-            with m.Elif(address < SCHED_LINK_BASE):
-                m.d.comb += [core.reg_addr.eq(address), core.reg_wdata.eq(wdata), core.reg_we.eq(1)]
+            with m.Elif(index < SCHED_LINK_BASE):
+                m.d.comb += [core.reg_wdata.eq(wdata), core.reg_we.eq(1)]
             if sched is not None:
                 with m.Else():
-                    sched["write"](address, wdata)
+                    sched["write"](index, wdata)
+        with m.Elif(link.reg_read_address.valid & ~answer):
+            m.d.sync += [index.eq(link.reg_read_address.payload), reading.eq(1)]
+        with m.Elif(link.reg_write.valid & ~answer):
+            m.d.sync += [index.eq(link.reg_write.payload.address),
+                         wdata.eq(link.reg_write.payload.data), writing.eq(1)]
         if sched is None:
             m.d.comb += [core.req.valid.eq(0), core.done.valid.eq(0), core.resp.ready.eq(1),
                          core.batch.ready.eq(1)]
