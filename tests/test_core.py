@@ -728,8 +728,12 @@ D_WORDS = CONFIG.dram_words
                             dst_stride=4), dict(dst_base=OUT_WORDS - 11), 2),
     (Opcode.REQUANT, dict(rows=1, words=1, src_base=INP_WORDS - 4, param_base=0),
      dict(src_base=INP_WORDS - 3), 2),
+    # 256 entries of 32 bits, lanes // 4 to a word.
+    (Opcode.TABLE, dict(target=TableTarget.ACTIVATION, count=256,
+                        base=WGT_WORDS - 256 // (CONFIG.lanes // 4)),
+     dict(base=WGT_WORDS - 256 // (CONFIG.lanes // 4) + 1), 2),
 ], ids=["load-sram", "load-dram-stride", "load-dram-end", "store-sram", "gemm-a", "gemm-out",
-        "softmax-src", "layernorm-dst", "requant-src"])
+        "softmax-src", "layernorm-dst", "requant-src", "table"])
 def test_operands_ending_at_the_buffer_end_fit(accelerator, opcode, fits, one_past, unit):
     """The last word of a buffer (or of external memory) is usable; one word more is
     ADDRESS: each extent's bound is exact, not just somewhere past the end."""
