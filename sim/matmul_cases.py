@@ -1,15 +1,18 @@
-"""Test inputs for the matmul engine: random codes rich in extreme values, and
-cancellation cases where only exact accumulation gets the right answer."""
+"""Test inputs for the matmul engine: random codes rich in extreme values,
+cancellation cases where only exact accumulation gets the right answer, and the
+engine's input streams for a list of passes."""
 
 import numpy as np
 
+from rtl.matmul.engine import matmul_pass_layout
 from rtl.matmul.mode import MatmulMode
 from rtl.numerics.fp8_format import FORMAT_INFO, FP8Format
 
 from .golden.fp8_codec import encode
+from .payload import pack, pack_lanes
 
 
-__all__ = ["extreme_codes", "random_codes", "cancellation_problems"]
+__all__ = ["extreme_codes", "random_codes", "cancellation_problems", "encode_passes"]
 
 
 def extreme_codes(mode, operand):
@@ -89,3 +92,16 @@ def cancellation_problems():
         for i, order in enumerate(orders):
             problems.append((mode, _fp8(a[i:i + 1], af), _fp8(w_col[list(order)].reshape(3, 1), wf)))
     return problems
+
+
+def encode_passes(passes, max_rows):
+    """The matmul engine's input streams for ``passes`` (``jalapeno.matmul_tiling.MatmulPass``
+    objects): ``cmd`` payloads (for ``max_rows`` accumulator rows), weight rows and A rows,
+    as flat integers."""
+    commands = pack(matmul_pass_layout(max_rows),
+                    {k: np.array([p.command()[k] for p in passes])
+                     for k in ("mode", "rows", "accumulate", "emit")}) if passes else []
+    weight_rows = pack_lanes(np.concatenate([p.weight_tile for p in passes]), 8) if passes else []
+    a_list = [p.a_rows for p in passes if p.m]
+    a_rows = pack_lanes(np.concatenate(a_list), 8) if a_list else []
+    return commands, weight_rows, a_rows

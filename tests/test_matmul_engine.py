@@ -6,12 +6,12 @@ from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
 from jalapeno.matmul_tiling import assemble, plan_matmul
-from rtl.matmul.engine import MatmulEngine, matmul_pass_layout
+from rtl.matmul.engine import MatmulEngine
 from rtl.matmul.mode import MatmulMode
 from sim.cocotb_runner import run_cocotb
-from sim.payload import pack, pack_lanes, unpack_lanes
+from sim.payload import unpack_lanes
 from sim.golden import matmul as golden
-from sim.matmul_cases import random_codes
+from sim.matmul_cases import encode_passes, random_codes
 from sim.toolchain import ice40_cell_model
 
 
@@ -94,12 +94,8 @@ def run_engine_pysim(dut, problems, *, backpressure, seed):
         passes = plan_matmul(a, w, mode, rows=dut.rows, cols=dut.cols, max_rows=dut.max_rows)
         spans.append((len(all_passes), len(passes)))
         all_passes += passes
-    commands = list(pack(matmul_pass_layout(dut.max_rows),
-                         {k: np.array([p.command()[k] for p in all_passes])
-                          for k in ("mode", "rows", "accumulate", "emit")}))
-    weights = list(pack_lanes(np.concatenate([p.weight_tile for p in all_passes]), 8))
+    commands, weights, a_rows = (list(s) for s in encode_passes(all_passes, dut.max_rows))
     row_info = [(i, p.accumulate) for p in all_passes for i in range(p.m)]
-    a_rows = list(pack_lanes(np.concatenate([p.a_rows for p in all_passes if p.m]), 8))
     expected_rows = sum(p.m for p in all_passes if p.emit)
     rng = np.random.default_rng(seed)
     results, fed = [], []

@@ -15,7 +15,7 @@ from rtl.matmul.engine import matmul_pass_layout
 from rtl.matmul.mode import MatmulMode
 from sim.cocotb_stream import StreamDriver, StreamMonitor, reset_dut
 from sim.golden import matmul as golden
-from sim.matmul_cases import cancellation_problems, random_codes
+from sim.matmul_cases import cancellation_problems, encode_passes, random_codes
 from sim.payload import pack, pack_lanes, unpack_lanes
 from cocotb.clock import Clock
 
@@ -55,15 +55,6 @@ class EngineTestbench:
         return values, errors
 
 
-def encode_passes(passes):
-    layout = matmul_pass_layout(MAX_ROWS)
-    commands = pack(layout, {k: np.array([p.command()[k] for p in passes])
-                             for k in ("mode", "rows", "accumulate", "emit")}) if passes else []
-    weight_rows = pack_lanes(np.concatenate([p.weight_tile for p in passes]), 8) if passes else []
-    a_list = [p.a_rows for p in passes if p.m]
-    a_rows = pack_lanes(np.concatenate(a_list), 8) if a_list else []
-    return commands, weight_rows, a_rows
-
 
 def modes():
     return list(MatmulMode) if FP8 else [MatmulMode.INT8, MatmulMode.UINT8]
@@ -86,7 +77,7 @@ async def check_problems(dut, problems):
     tb = EngineTestbench(dut, STALL, SEED)
     await tb.reset()
     result_count = sum(p.m for p in all_passes if p.emit)
-    values, errors = await tb.run(*encode_passes(all_passes), result_count)
+    values, errors = await tb.run(*encode_passes(all_passes, MAX_ROWS), result_count)
     assert not errors.any(), f"{int(errors.sum())} result rows flagged as errors"
     row = 0
     for (mode, a, w), (first, count) in zip(problems, spans):
