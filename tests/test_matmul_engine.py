@@ -52,14 +52,16 @@ def test_engine_cancellation_and_errors_verilator():
 def test_engine_non_square_chunked_verilator():
     """3 x 5 array, 8 accumulator rows: rows and columns cannot be confused, M is chunked.
     Built like the ULX3S core's engine: its PEs have registered multipliers (in their
-    Amaranth implementation), one cycle more through the array, and the accumulator's add
-    has a stage of its own, one cycle more again; the same results as the golden model in
-    every mode (the FP8 side information waits for the product in registers of its own).
-    The other engine tests cover the PE with one product register and the one-stage
-    accumulator."""
+    Amaranth implementation), one cycle more through the array, the accumulator's add has a
+    stage of its own and the array's broadcasts start at registers (the result rows through
+    the output buffer), one cycle more each; the same results as the golden model in every
+    mode (the FP8 side information waits for the product in registers of its own). The
+    other engine tests cover the PE with one product register, the one-stage accumulator
+    and the unbuffered output."""
     params = dict(rows=3, cols=5, max_rows=8)
-    dut = engine(**params, pe_multiplier="behavioral", accumulator_stage=True)
-    assert dut.latency == 3 + 5 + 5 + 1 + 1
+    dut = engine(**params, pe_multiplier="behavioral", accumulator_stage=True,
+                 broadcast_stage=True)
+    assert dut.latency == 3 + 5 + 5 + 1 + 1 + 1
     run_cocotb(dut, **ENGINE_BUILD, name="matmul_engine_3x5_registered_multiplier",
                test_module="tests.benches.tb_matmul_engine", testcase="random_problems",
                extra_env=engine_env(**params, seed=23, stall=0.25, problems=12))
@@ -161,6 +163,80 @@ def test_engine_accumulator_stage_forwards_back_to_back_rows():
             for earlier in [next((e for e in reversed(fed[:j]) if e[1] == later[1]), None)]
             if earlier is not None]
     assert gaps.count(1) >= 5 and gaps.count(2) >= 5, sorted(gaps)[:20]
+
+
+def measure_engine_timing(dut, m):
+    """One INT8 pass of ``m`` rows (K = rows, every column), inputs always valid and ``c``
+    always ready, in Amaranth's simulator: the cycles from the first A row's transfer to
+    the first result row, and the cycles in which result rows came out."""
+    rng = np.random.default_rng(m)
+    a = random_codes(rng, (m, dut.rows), MatmulMode.INT8, "a")
+    w = random_codes(rng, (dut.rows, dut.cols), MatmulMode.INT8, "w")
+    passes = plan_matmul(a, w, MatmulMode.INT8, rows=dut.rows, cols=dut.cols,
+                         max_rows=dut.max_rows)
+    commands, weights, a_rows = (list(s) for s in encode_passes(passes, dut.max_rows))
+    first_in, out_cycles, results = None, [], []
+
+    async def bench(ctx):
+        nonlocal first_in
+        queues = [(dut.cmd, commands), (dut.weights, weights), (dut.a, a_rows)]
+        ctx.set(dut.c.ready, 1)
+        for cycle in range(4 * (m + dut.latency) + 40):
+            for port, queue in queues:
+                ctx.set(port.valid, bool(queue))
+                if queue:
+                    ctx.set(Value.cast(port.payload), int(queue[0]))
+            if ctx.get(dut.c.valid):
+                out_cycles.append(cycle)
+                results.append(ctx.get(Value.cast(dut.c.payload)))
+            for port, queue in queues:
+                if queue and ctx.get(port.ready):
+                    queue.pop(0)
+                    if port is dut.a and first_in is None:
+                        first_in = cycle
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    values = unpack_lanes(results, 32, dut.cols).astype(np.uint32)
+    got = assemble(passes, values, m, dut.cols)
+    assert np.array_equal(got, golden.matmul(a, w, MatmulMode.INT8))
+    return out_cycles[0] - first_in, out_cycles
+
+
+@pytest.mark.parametrize("options", [{}, dict(accumulator_stage=True),
+                                     dict(broadcast_stage=True),
+                                     dict(accumulator_stage=True, broadcast_stage=True)])
+def test_engine_latency_and_throughput(options):
+    """The stated latency is the measured one, and with ``c`` always ready the result rows
+    of a pass come out one per cycle (the output buffer of ``broadcast_stage`` never stops
+    the datapath then)."""
+    dut = MatmulEngine(rows=3, cols=2, max_rows=32, fp8=False, **options)
+    latency, out_cycles = measure_engine_timing(dut, 24)
+    assert latency == dut.latency == 3 + 2 + 5 + sum(options.values())
+    assert out_cycles == list(range(out_cycles[0], out_cycles[0] + 24))
+
+
+@pytest.mark.parametrize("backpressure", [0.3, 0.7])
+def test_engine_broadcast_stage_under_backpressure(backpressure):
+    """With ``broadcast_stage`` the datapath advances on a register and the result rows
+    wait in a two-row buffer: random backpressure on ``c`` (70 %: the buffer fills and
+    the datapath stops; 30 %: it rarely does) loses, repeats or reorders no row, with
+    weights loading while ``c`` is held (the weight rows are written a cycle late)."""
+    rng = np.random.default_rng(int(backpressure * 10))
+    problems = []
+    for i in range(24):
+        m, k, n = int(rng.integers(1, 9)), int(rng.integers(1, 9)), int(rng.integers(1, 5))
+        mode = (MatmulMode.INT8, MatmulMode.UINT8)[i % 2]
+        problems.append((mode, random_codes(rng, (m, k), mode, "a"),
+                         random_codes(rng, (k, n), mode, "w")))
+    dut = MatmulEngine(rows=3, cols=2, max_rows=4, fp8=False, accumulator_stage=True,
+                       broadcast_stage=True)
+    got, _ = run_engine_pysim(dut, problems, backpressure=backpressure, seed=7)
+    for (mode, a, w), result in zip(problems, got):
+        assert np.array_equal(result, golden.matmul(a, w, mode)), (mode, a, w, result)
 
 
 def test_engine_pe_options_are_exclusive():

@@ -63,8 +63,8 @@ class MatmulEngine(wiring.Component):
 
     Latency from an A row's transfer to its result row being valid:
     :attr:`latency` = rows + cols + 5 cycles (+ 2 with ``pe_pairs``, + 1 with
-    ``pe_multiplier``, + 1 with ``accumulator_stage``). Throughput: one A row per cycle,
-    i.e. rows x cols MACs per cycle.
+    ``pe_multiplier``, + 1 with ``accumulator_stage``, + 1 with ``broadcast_stage``).
+    Throughput: one A row per cycle, i.e. rows x cols MACs per cycle.
 
     Counters (free-running since reset): ``cycle_count`` counts cycles in which
     the engine has work (a pass loaded or loading, or rows in flight),
@@ -98,6 +98,17 @@ class MatmulEngine(wiring.Component):
         back-to-back passes of one row). Without it the block RAM's read data, the
         add and the write data are one path (the 8 x 8 engine's critical path on the
         ECP5). Same results, one cycle more latency.
+    broadcast_stage : bool
+        Drive the nets that reach every PE from registers. ``advance`` (every PE's and
+        pipeline register's enable) is a register: the result rows go through a
+        two-row output buffer on ``c``, and the datapath advances in a cycle only if
+        the buffer held at most one row after the cycle before, so a row that comes out
+        always fits. A weight row is written into the array a cycle after its transfer
+        (and its pass may start a cycle later). Without it ``c``'s ``ready`` reaches
+        every PE's DSP enable, and the weight row every PE's weight register, in the
+        cycle they change (the 8 x 8 core's critical paths on the ECP5 at 82 MHz).
+        Same results, one cycle more latency; full throughput when ``c`` is always
+        ready.
 
     Members
     -------
@@ -109,7 +120,8 @@ class MatmulEngine(wiring.Component):
     """
 
     def __init__(self, *, rows=16, cols=16, max_rows=512, fp8=True, shared_pe_module=False,
-                 pe_pairs=None, pe_multiplier=None, accumulator_stage=False):
+                 pe_pairs=None, pe_multiplier=None, accumulator_stage=False,
+                 broadcast_stage=False):
         for name, value in (("Row", rows), ("Column", cols), ("Accumulator row", max_rows)):
             if not isinstance(value, int) or value < 1:
                 raise TypeError(f"{name} count must be a positive integer, not {value!r}")
@@ -121,6 +133,7 @@ class MatmulEngine(wiring.Component):
         self._pe_pairs = pe_pairs
         self._pe_multiplier = pe_multiplier
         self._accumulator_stage = bool(accumulator_stage)
+        self._broadcast_stage = bool(broadcast_stage)
         try:
             check_pe_pairs(cols, self._fp8, pe_pairs, pe_multiplier)
         except ValueError:
@@ -157,7 +170,7 @@ class MatmulEngine(wiring.Component):
     def latency(self):
         """Cycles from an A row's transfer to its result on ``c`` (no backpressure)."""
         return (self._rows + self._cols + product_latency(self._pe_pairs, self._pe_multiplier)
-                + 4 + self._accumulator_stage)
+                + 4 + self._accumulator_stage + self._broadcast_stage)
 
     def elaborate(self, platform):
         m = Module()
@@ -165,8 +178,11 @@ class MatmulEngine(wiring.Component):
         m.submodules.array = array = self._array()
         pass_layout = matmul_pass_layout(self._max_rows)
 
+        # ``advance``: the whole datapath moves on (else it holds). Without
+        # ``broadcast_stage``, whenever ``c`` takes its row or has none; with it, from a
+        # register (see "Output" below).
         advance = Signal()
-        m.d.comb += [advance.eq(~self.c.valid | self.c.ready), array.advance.eq(advance)]
+        m.d.comb += array.advance.eq(advance)
 
         # -- Weight loader: one pass's tile into the free bank, a row per transfer ----------
         loaded = Signal(2)        # bank holds a pass, from its load until its rows drained
@@ -186,6 +202,9 @@ class MatmulEngine(wiring.Component):
         clear_ready = Signal(2)
         set_done = Signal(2)
 
+        write_row = Signal.like(self.weights.payload)
+        write_enable = Signal()
+        tile_loaded = Signal(2)   # the bank's last weight row is written in this cycle
         with m.If(~loading):
             m.d.comb += self.cmd.ready.eq(~loaded.bit_select(load_bank, 1))
             with m.If(self.cmd.valid & self.cmd.ready):
@@ -206,16 +225,29 @@ class MatmulEngine(wiring.Component):
         with m.Else():
             m.d.comb += [
                 self.weights.ready.eq(1),
-                array.weight_row.eq(self.weights.payload),
-                array.weight_row_index.eq(load_row),
-                array.weight_bank.eq(load_bank),
-                array.weight_enable.eq(self.weights.valid),
+                write_row.eq(self.weights.payload),
+                write_enable.eq(self.weights.valid),
             ]
             with m.If(self.weights.valid):
                 m.d.sync += load_row.eq(load_row + 1)
                 with m.If(load_row == rows - 1):
                     m.d.sync += [loading.eq(0), load_bank.eq(~load_bank)]
-                    m.d.comb += set_ready.eq(1 << load_bank)
+                    m.d.comb += tile_loaded.eq(1 << load_bank)
+        write = [write_row, load_row, load_bank, write_enable & loading, tile_loaded]
+        if self._broadcast_stage:
+            # The row goes into the array (and its pass becomes ready) a cycle later.
+            staged = [Signal.like(sig, name=f"{name}_w") for sig, name in
+                      zip(write, ("write_row", "write_index", "write_bank", "write_enable",
+                                  "tile_loaded"))]
+            m.d.sync += [st.eq(sig) for st, sig in zip(staged, write)]
+            write = staged
+        m.d.comb += [
+            array.weight_row.eq(write[0]),
+            array.weight_row_index.eq(write[1]),
+            array.weight_bank.eq(write[2]),
+            array.weight_enable.eq(write[3]),
+            set_ready.eq(write[4]),
+        ]
 
         # -- Feeder: the ready pass's A rows into the array, tagged with its bank ------------
         feed_bank = Signal()
@@ -370,12 +402,44 @@ class MatmulEngine(wiring.Component):
             rounders.append(rounder)
         out_tag = Signal(tag_layout)
         m.d.comb += out_tag.eq(delay(f_tag, ResultRounder.latency, "out_tag"))
+        out_row = Signal(result_row_layout(cols))
         for c, rounder in enumerate(rounders):
-            m.d.comb += self.c.payload.values[c].eq(Mux(out_tag.error, 0, rounder.result))
-        m.d.comb += [
-            self.c.valid.eq(out_tag.valid & out_tag.emit),
-            self.c.payload.error.eq(out_tag.error),
-        ]
+            m.d.comb += out_row.values[c].eq(Mux(out_tag.error, 0, rounder.result))
+        m.d.comb += out_row.error.eq(out_tag.error)
+        out_valid = out_tag.valid & out_tag.emit
+
+        # -- Output: straight to ``c``, or through the two-row buffer -------------------------
+        buffered = Signal(range(3))   # rows in the output buffer
+        if self._broadcast_stage:
+            slots = [Signal(result_row_layout(cols), name=f"out_slot_{i}") for i in range(2)]
+            push = Signal()
+            pop = Signal()
+            advance_next = Signal()
+            m.d.comb += [
+                self.c.valid.eq(buffered != 0),
+                self.c.payload.eq(slots[0]),
+                pop.eq(self.c.valid & self.c.ready),
+                push.eq(advance & out_valid),
+            ]
+            with m.If(pop):
+                m.d.sync += slots[0].eq(slots[1])
+            with m.If(push):
+                with m.If((buffered - pop) == 0):
+                    m.d.sync += slots[0].eq(out_row)
+                with m.Else():
+                    m.d.sync += slots[1].eq(out_row)
+            m.d.sync += buffered.eq(buffered + push - pop)
+            # Advance in the next cycle only if a row coming out then still fits.
+            m.d.comb += advance_next.eq(buffered + push - pop <= 1)
+            advance_reg = Signal(init=1)
+            m.d.sync += advance_reg.eq(advance_next)
+            m.d.comb += advance.eq(advance_reg)
+        else:
+            m.d.comb += [
+                self.c.payload.eq(out_row),
+                self.c.valid.eq(out_valid),
+                advance.eq(~self.c.valid | self.c.ready),
+            ]
 
         # -- Bank bookkeeping: a bank is free once its pass is fed and its rows drained -------
         inflight = [Signal(range(self._max_rows + rows + cols + 8), name=f"inflight_{b}")
@@ -395,7 +459,7 @@ class MatmulEngine(wiring.Component):
         # -- Counters -------------------------------------------------------------------------
         in_pipeline = Signal(range(self._max_rows + rows + cols + 16))
         m.d.sync += in_pipeline.eq(in_pipeline + inject - (advance & out_tag.valid))
-        busy = (loaded != 0) | loading | (in_pipeline != 0)
+        busy = (loaded != 0) | loading | (in_pipeline != 0) | (buffered != 0)
         with m.If(busy):
             m.d.sync += self.cycle_count.eq(self.cycle_count + 1)
         with m.If(inject):
