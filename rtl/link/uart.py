@@ -170,7 +170,11 @@ class UartTx(wiring.Component):
         shift = Signal(10, init=0x3FF)  # bit 0 is on the line; ones shift in behind
         bits_left = Signal(range(11))
         timer = Signal(range(divisor))
-        last_cycle = (bits_left == 0) | ((bits_left == 1) & (timer == 0))
+        # ``(bits_left == 0) | (bits_left == 1) & (timer == 0)``, kept in a register (set
+        # a cycle ahead from the same state): ``i.ready`` then leaves a flip-flop, not the
+        # timer's comparators (which, with the link bridge's response logic behind them,
+        # were the ULX3S core's critical path at 83 MHz).
+        last_cycle = Signal(init=1)
 
         m.d.comb += [
             self.tx.eq(shift[0]),
@@ -181,14 +185,21 @@ class UartTx(wiring.Component):
                 shift.eq(Cat(0, self.i.payload, 1)),  # start, data LSB first, stop
                 bits_left.eq(10),
                 timer.eq(divisor - 1),
+                last_cycle.eq(0),
             ]
         with m.Elif(bits_left != 0):
             with m.If(timer != 0):
-                m.d.sync += timer.eq(timer - 1)
+                m.d.sync += [
+                    timer.eq(timer - 1),
+                    last_cycle.eq((bits_left == 1) & (timer == 1)),
+                ]
             with m.Else():
                 m.d.sync += [
                     shift.eq(Cat(shift[1:], 1)),
                     bits_left.eq(bits_left - 1),
                     timer.eq(divisor - 1),
+                    last_cycle.eq(bits_left == 1),
                 ]
+        with m.Else():
+            m.d.sync += last_cycle.eq(1)
         return m
