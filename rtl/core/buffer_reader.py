@@ -23,6 +23,13 @@ class BufferReader(wiring.Component):
     Parameters
     ----------
     addr_width, data_width, tag_width : int
+    address_stage : bool
+        Take the address into a register first and read from there a cycle later:
+        ``port_addr`` then comes from a flip-flop, not from the consumer's address
+        arithmetic (an address adder and multiplexer into every block RAM of the buffer
+        was the ULX3S core's critical path at 83 MHz with some placements). Words come
+        a cycle later; throughput is still one word per cycle. The read port must read
+        every cycle (no enable), as the core's buffers do.
 
     Members
     -------
@@ -34,7 +41,8 @@ class BufferReader(wiring.Component):
 
     DEPTH = 4
 
-    def __init__(self, *, addr_width, data_width, tag_width=1):
+    def __init__(self, *, addr_width, data_width, tag_width=1, address_stage=False):
+        self._address_stage = bool(address_stage)
         self._addr_layout = data.StructLayout({"addr": addr_width, "tag": tag_width})
         self._data_layout = data.StructLayout({"data": data_width, "tag": tag_width})
         super().__init__({
@@ -50,14 +58,29 @@ class BufferReader(wiring.Component):
         m.submodules.fifo = fifo = SyncFIFO(width=self._data_layout.size, depth=self.DEPTH)
         inflight = Signal()
         inflight_tag = Signal.like(self.addr.payload.tag)
+        taken = Signal()
         issue = Signal()
+        if self._address_stage:
+            staged = Signal()     # an address waits in the register, read in this cycle
+            staged_payload = Signal.like(self.addr.payload)
+            m.d.sync += [staged.eq(taken), staged_payload.eq(self.addr.payload)]
+            m.d.comb += [
+                self.addr.ready.eq(fifo.level + inflight + staged < self.DEPTH),
+                issue.eq(staged),
+            ]
+            read = staged_payload
+        else:
+            m.d.comb += [
+                self.addr.ready.eq(fifo.level + inflight < self.DEPTH),
+                issue.eq(taken),
+            ]
+            read = self.addr.payload
         m.d.comb += [
-            self.addr.ready.eq(fifo.level + inflight < self.DEPTH),
-            issue.eq(self.addr.valid & self.addr.ready),
-            self.port_addr.eq(self.addr.payload.addr),
+            taken.eq(self.addr.valid & self.addr.ready),
+            self.port_addr.eq(read.addr),
             self.port_en.eq(issue),
         ]
-        m.d.sync += [inflight.eq(issue), inflight_tag.eq(self.addr.payload.tag)]
+        m.d.sync += [inflight.eq(issue), inflight_tag.eq(read.tag)]
         word = Signal(self._data_layout)
         m.d.comb += [
             word.data.eq(self.port_data),
