@@ -69,6 +69,9 @@ class CoreConfig:
     pe_multiplier: str = None
     accumulator_stage: bool = False
     range_check_stage: bool = False
+    broadcast_stage: bool = False
+    read_address_stage: bool = False
+    counter_stage: bool = False
 
     def core(self):
         from rtl.core import Core

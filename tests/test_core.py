@@ -902,11 +902,15 @@ def test_attention_head_too_large_for_the_buffers_is_a_clear_error(accelerator):
 
 # -- A core built without the row-wise units, the requantizers and the scheduler (FPGA) ------
 # ... and with the ULX3S core's timing options: registered PE multipliers (their Amaranth
-# implementation), the accumulator's and the range checks' extra stages.
+# implementation), the accumulator's, the range checks', the array broadcasts', the buffer
+# read addresses' and the counters' extra stages (the result rows through the engine's
+# output buffer, under the store's backpressure).
 
 GEMM_ONLY = dataclasses.replace(PRESETS["small"], fp8=False, vector_units=False,
                                 requantizer=False, scheduler=False, pe_multiplier="behavioral",
-                                accumulator_stage=True, range_check_stage=True)
+                                accumulator_stage=True, range_check_stage=True,
+                                broadcast_stage=True, read_address_stage=True,
+                                counter_stage=True)
 
 
 @pytest.fixture(scope="module")
@@ -920,9 +924,15 @@ def test_gemm_only_core_reports_what_it_has(gemm_only):
     assert not (gemm_only.fp8 or gemm_only.vector_units or gemm_only.requantizer
                 or gemm_only.scheduler)
     rng = np.random.default_rng(7)
+    lanes = GEMM_ONLY.lanes
     for mode in (MatmulMode.INT8, MatmulMode.UINT8):     # its integer-only engine
         a, w = random_codes(rng, (13, 40), mode), random_codes(rng, (40, 9), mode)
         assert np.array_equal(gemm_only.matmul(a, w, mode), golden_matmul(a, w, mode))
+        # the counters count through their stage: every A row of every pass entered the
+        # array once (13 rows, 40 / lanes K tiles, 9 / lanes N tiles rounded up)
+        stats = gemm_only.last_stats
+        assert stats["mac_cycles"] == 13 * -(-40 // lanes) * -(-9 // lanes)
+        assert stats["cycles"] > stats["mac_cycles"] and stats["instructions"] > 0
 
 
 @pytest.mark.parametrize("call, message", [

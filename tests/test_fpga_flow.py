@@ -391,6 +391,9 @@ def test_ulx3s_builds_the_core_behind_the_link(tmp_path):
     # the engine's accumulator add has its own stage (the registers of that stage)
     assert prepared.core["accumulator_stage"] is True and "w_sums" in il
     assert prepared.core["range_check_stage"] is True and "sel_stride_p" in il
+    assert prepared.core["broadcast_stage"] is True and "out_slot_1" in il
+    assert prepared.core["read_address_stage"] is True and "staged_payload" in il
+    assert prepared.core["counter_stage"] is True and "step_cycles" in il
 
 
 def test_board_router_override(tmp_path):
@@ -412,6 +415,9 @@ def test_ulx3s_core_with_fp8(tmp_path):
     assert prepared.core["pe_multiplier"] is None and "jalapeno_pe_8_fp8/t:" in script
     assert prepared.core["accumulator_stage"] is False
     assert prepared.core["range_check_stage"] is False
+    assert prepared.core["broadcast_stage"] is False
+    assert prepared.core["read_address_stage"] is False
+    assert prepared.core["counter_stage"] is False
     assert "--router router2" in (tmp_path / "build_ulx3s.sh").read_text()
     with pytest.raises(FPGAFlowError, match="engine payload is INT8-only"):
         prepare("icebreaker", tmp_path, fp8=True)

@@ -1,6 +1,6 @@
 """The accelerator core: dispatcher, load/compute/store units, on-chip buffers, counters."""
 
-from amaranth.hdl import Module, Mux, ResetInserter, Signal
+from amaranth.hdl import Module, Mux, ResetInserter, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -71,6 +71,21 @@ class Core(wiring.Component):
         The matmul engine adds to its accumulator rows in a stage of their own (see
         :class:`rtl.matmul.engine.MatmulEngine`). Same results; a GEMM pass takes one
         cycle more.
+    broadcast_stage : bool
+        The matmul engine's array broadcasts (``advance``, the weight rows) start at
+        registers, its result rows wait in a two-row buffer (see
+        :class:`rtl.matmul.engine.MatmulEngine`). Same results; a GEMM pass takes one
+        cycle more.
+    counter_stage : bool
+        Each counter's increment is registered before it is added: no path runs from the
+        units' state (the queues' levels into ``idle``, say) through a 32-bit adder (the
+        ULX3S core's critical path at 83 MHz with some placements, 12.3 ns). A counter
+        then shows a cycle's events a cycle later (over the link, register reads come
+        thousands of cycles after the core goes idle).
+    read_address_stage : bool
+        The buffers' read addresses (INP and WGT for the compute unit, OUT for the store
+        unit) come from registers (see :class:`rtl.core.buffer_reader.BufferReader`).
+        Same results; a word comes a cycle later.
     range_check_stage : bool
         The units' range checks compute their product in a stage of its own (see
         :class:`rtl.core.range_check.RangeCheck`). Same results; every LOAD, STORE and
@@ -99,7 +114,8 @@ class Core(wiring.Component):
                  max_rows=512, dram_words=1 << 24, fp8=True, queue_depth=32,
                  max_length=512, max_hidden=1024, sched_queue_depth=32, sched_inflight=4,
                  shared_pe_module=False, vector_units=True, requantizer=True, scheduler=True,
-                 pe_multiplier=None, accumulator_stage=False, range_check_stage=False):
+                 pe_multiplier=None, accumulator_stage=False, range_check_stage=False,
+                 broadcast_stage=False, read_address_stage=False, counter_stage=False):
         if lanes not in (4, 8, 16, 32):
             raise ValueError(f"lanes must be 4, 8, 16 or 32, not {lanes!r}")
         for name, value in (("inp_words", inp_words), ("wgt_words", wgt_words),
@@ -120,6 +136,9 @@ class Core(wiring.Component):
         self._pe_multiplier = pe_multiplier
         self._accumulator_stage = bool(accumulator_stage)
         self._range_check_stage = bool(range_check_stage)
+        self._broadcast_stage = bool(broadcast_stage)
+        self._read_address_stage = bool(read_address_stage)
+        self._counter_stage = bool(counter_stage)
         self.vector_units = bool(vector_units)
         self.requantizer = bool(requantizer)
         self.scheduler = bool(scheduler)
@@ -146,7 +165,9 @@ class Core(wiring.Component):
                            vector_units=self.vector_units, requantizer=self.requantizer,
                            pe_multiplier=self._pe_multiplier,
                            accumulator_stage=self._accumulator_stage,
-                           range_check_stage=self._range_check_stage)
+                           range_check_stage=self._range_check_stage,
+                           broadcast_stage=self._broadcast_stage,
+                           read_address_stage=self._read_address_stage)
 
     def verilog_modules(self):
         """``{name: component}`` of the Verilog modules the core instantiates."""
@@ -172,7 +193,8 @@ class Core(wiring.Component):
         m.submodules.compute = compute = self._compute_unit()
         m.submodules.store = store = StoreUnit(
             word_bits=word_bits, out_words=self.depths[Bank.OUT], dram_words=self.dram_words,
-            counters=n_counters, range_check_stage=self._range_check_stage)
+            counters=n_counters, range_check_stage=self._range_check_stage,
+            read_address_stage=self._read_address_stage)
         wiring.connect(m, load.rd_req, wiring.flipped(self.mem.rd_req))
         wiring.connect(m, wiring.flipped(self.mem.rd_data), load.rd_data)
         wiring.connect(m, store.wr_req, wiring.flipped(self.mem.wr_req))
@@ -302,6 +324,10 @@ class Core(wiring.Component):
             Counter.SYNCS: sync_done,
         }
         for counter, increment in increments.items():
+            if self._counter_stage:
+                step = Signal.like(Value.cast(increment), name=f"step_{counter.name.lower()}")
+                m.d.sync += step.eq(increment)
+                increment = step
             m.d.sync += counters[counter].eq(counters[counter] + increment)
 
         # -- Scheduler -----------------------------------------------------------------------
