@@ -104,6 +104,7 @@ class LoadUnit(wiring.Component):
         cols_last = Signal(Value.cast(t.cols - 1).shape())
         rows_last = Signal(Value.cast(t.rows - 1).shape())
         m.d.sync += [cols_last.eq(t.cols - 1), rows_last.eq(t.rows - 1)]
+        req_active = Signal()   # burst requests still to issue (``req_row != rows``)
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(control.start):
@@ -123,11 +124,14 @@ class LoadUnit(wiring.Component):
                     with m.Elif((t.rows == 0) | (t.cols == 0)):
                         m.next = "DONE"
                     with m.Else():
+                        m.d.sync += req_active.eq(1)
                         m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += self.rd_req.valid.eq(req_row != t.rows)
+                m.d.comb += self.rd_req.valid.eq(req_active)
                 with m.If(self.rd_req.valid & self.rd_req.ready):
                     m.d.sync += [req_row.eq(req_row + 1), req_addr.eq(req_addr + t.dram_stride)]
+                    with m.If(req_row == rows_last):
+                        m.d.sync += req_active.eq(0)
                 m.d.comb += [
                     self.write.valid.eq(self.rd_data.valid),
                     self.rd_data.ready.eq(self.write.ready),

@@ -114,6 +114,10 @@ class StoreUnit(wiring.Component):
         cols_last = Signal(Value.cast(t.cols - 1).shape())
         rows_last = Signal(Value.cast(t.rows - 1).shape())
         m.d.sync += [cols_last.eq(t.cols - 1), rows_last.eq(t.rows - 1)]
+        # "addresses / burst requests still to issue" in registers (``rd_row != rows``
+        # and ``req_row != rows`` as flags), so the handshakes wait for no comparator.
+        rd_active = Signal()
+        req_active = Signal()
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(control.start):
@@ -133,27 +137,32 @@ class StoreUnit(wiring.Component):
                     with m.Elif((t.rows == 0) | (t.cols == 0)):
                         m.next = "DONE"
                     with m.Else():
+                        m.d.sync += [rd_active.eq(1), req_active.eq(1)]
                         m.next = "RUN"
             with m.State("RUN"):
                 # Read addresses, row by row.
-                m.d.comb += reader.addr.valid.eq(rd_row != t.rows)
+                m.d.comb += reader.addr.valid.eq(rd_active)
                 with m.If(reader.addr.valid & reader.addr.ready):
                     with m.If(rd_col == cols_last):
                         m.d.sync += [rd_col.eq(0), rd_row.eq(rd_row + 1),
                                      row_addr.eq(row_addr + t.sram_stride)]
+                        with m.If(rd_row == rows_last):
+                            m.d.sync += rd_active.eq(0)
                     with m.Else():
                         m.d.sync += rd_col.eq(rd_col + 1)
                 # Burst requests.
-                m.d.comb += self.wr_req.valid.eq(req_row != t.rows)
+                m.d.comb += self.wr_req.valid.eq(req_active)
                 with m.If(self.wr_req.valid & self.wr_req.ready):
                     m.d.sync += [req_row.eq(req_row + 1), req_addr.eq(req_addr + t.dram_stride)]
+                    with m.If(req_row == rows_last):
+                        m.d.sync += req_active.eq(0)
                 # Data.
                 m.d.comb += [
                     self.wr_data.valid.eq(reader.data.valid),
                     reader.data.ready.eq(self.wr_data.ready),
                     self.word.eq(self.wr_data.valid & self.wr_data.ready),
                     self.wait_memory.eq((reader.data.valid & ~self.wr_data.ready)
-                                        | ((rd_row == t.rows) & ~reader.data.valid)),
+                                        | (~rd_active & ~reader.data.valid)),
                 ]
                 # Acknowledgements.
                 m.d.comb += self.wr_ack.ready.eq(1)
