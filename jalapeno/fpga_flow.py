@@ -198,7 +198,7 @@ ULX3S_CORE = dict(lanes=8, memory_words=4096, inp_words=2048, wgt_words=2048, ou
                   max_rows=256, fp8=False, queue_depth=8, max_length=256, max_hidden=512,
                   vector_units=False, requantizer=False, scheduler=False,
                   pe_multiplier="mult18x18d", accumulator_stage=True, range_check_stage=True,
-                  broadcast_stage=True, read_address_stage=True, counter_stage=True)
+                  broadcast_stage=True, read_stage=True, counter_stage=True)
 #: The smallest core: 4 x 4, no softmax, LayerNorm, activation, requantizer or scheduler.
 #: It does not fit the iCE40 UP5K (9,907 LUT4 and 19 multipliers after synthesis, against
 #: 5,280 and 8), so the iCEBreaker builds the placeholder engine payload (docs/fpga.md).
@@ -220,7 +220,7 @@ BOARDS = {
         # and router2 does not converge on PEs with registered DSPs.
         fp8_mhz=30, fp8_core=dict(pe_multiplier=None, accumulator_stage=False,
                                   range_check_stage=False, broadcast_stage=False,
-                                  read_address_stage=False, counter_stage=False),
+                                  read_stage=False, counter_stage=False),
         fp8_nextpnr_opts="--router router2"),
     # 4 x 4 INT8: two PEs per SB_MAC16 (its 8 x 8 mode), all 8 of them.
     "icebreaker": BoardFlow(

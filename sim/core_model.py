@@ -70,7 +70,7 @@ class CoreConfig:
     accumulator_stage: bool = False
     range_check_stage: bool = False
     broadcast_stage: bool = False
-    read_address_stage: bool = False
+    read_stage: bool = False
     counter_stage: bool = False
 
     def core(self):

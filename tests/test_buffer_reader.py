@@ -1,5 +1,5 @@
 """BufferReader in Amaranth's simulator: a block-RAM read port behind address and data
-streams, with and without its address stage."""
+streams, with and without its address and data stages."""
 
 import numpy as np
 import pytest
@@ -13,7 +13,7 @@ from rtl.core.buffer_reader import BufferReader
 DEPTH, WIDTH = 64, 16
 
 
-def reader_on_a_buffer(address_stage):
+def reader_on_a_buffer(stages):
     """A reader on a read port without enable (it reads every cycle, as the core's
     buffers do), the buffer holding ``word(i)`` at address i."""
     m = Module()
@@ -21,7 +21,8 @@ def reader_on_a_buffer(address_stage):
     m.submodules.buffer = buffer = Memory(shape=WIDTH, depth=DEPTH, init=init)
     read = buffer.read_port()
     m.submodules.reader = reader = BufferReader(addr_width=6, data_width=WIDTH, tag_width=2,
-                                                address_stage=address_stage)
+                                                address_stage="address" in stages,
+                                                data_stage="data" in stages)
     m.d.comb += [read.addr.eq(reader.port_addr), reader.port_data.eq(read.data)]
     return m, reader
 
@@ -30,10 +31,10 @@ def word(address):
     return (address * 40503 + 7) & 0xFFFF
 
 
-def run(address_stage, requests, *, offer, accept, seed):
+def run(stages, requests, *, offer, accept, seed):
     """Offer ``(addr, tag)`` requests (each cycle with probability ``offer``), take words
     (with probability ``accept``); returns the words and the cycles they were taken in."""
-    m, dut = reader_on_a_buffer(address_stage)
+    m, dut = reader_on_a_buffer(stages)
     rng = np.random.default_rng(seed)
     got, cycles = [], []
 
@@ -62,23 +63,24 @@ def run(address_stage, requests, *, offer, accept, seed):
     return got, cycles
 
 
-@pytest.mark.parametrize("address_stage", [False, True])
+@pytest.mark.parametrize("stages", [(), ("address",), ("data",), ("address", "data")])
 @pytest.mark.parametrize("offer, accept", [(1.0, 0.3), (0.5, 0.5), (0.9, 0.95)])
-def test_reader_returns_every_word_in_order(address_stage, offer, accept):
+def test_reader_returns_every_word_in_order(stages, offer, accept):
     """Random addresses and tags, random stalls on both sides: every word comes back once,
     in order, with its tag (a lost, repeated or stale word would not match)."""
     rng = np.random.default_rng(int(offer * 10 + accept * 100))
     requests = [(int(a), int(t)) for a, t in zip(rng.integers(0, DEPTH, 200),
                                                 rng.integers(0, 4, 200))]
-    got, _ = run(address_stage, requests, offer=offer, accept=accept, seed=3)
+    got, _ = run(stages, requests, offer=offer, accept=accept, seed=3)
     assert got == [(word(a), t) for a, t in requests]
 
 
-@pytest.mark.parametrize("address_stage", [False, True])
-def test_reader_latency_and_throughput(address_stage):
+@pytest.mark.parametrize("stages", [(), ("address",), ("data",), ("address", "data")])
+def test_reader_latency_and_throughput(stages):
     """Addresses and words always taken: one word per cycle, the first one 2 cycles after
-    its address (the read, then the FIFO), 3 with the address stage."""
+    its address (the read, then the FIFO), one more for each stage."""
     requests = [(i, i % 4) for i in range(40)]
-    got, cycles = run(address_stage, requests, offer=1.0, accept=1.0, seed=0)
+    got, cycles = run(stages, requests, offer=1.0, accept=1.0, seed=0)
     assert got == [(word(a), t) for a, t in requests]
-    assert cycles == list(range(2 + address_stage, 42 + address_stage))
+    first = 2 + len(stages)
+    assert cycles == list(range(first, first + 40))

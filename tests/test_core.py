@@ -909,7 +909,7 @@ def test_attention_head_too_large_for_the_buffers_is_a_clear_error(accelerator):
 GEMM_ONLY = dataclasses.replace(PRESETS["small"], fp8=False, vector_units=False,
                                 requantizer=False, scheduler=False, pe_multiplier="behavioral",
                                 accumulator_stage=True, range_check_stage=True,
-                                broadcast_stage=True, read_address_stage=True,
+                                broadcast_stage=True, read_stage=True,
                                 counter_stage=True)
 
 

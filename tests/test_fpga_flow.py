@@ -392,7 +392,7 @@ def test_ulx3s_builds_the_core_behind_the_link(tmp_path):
     assert prepared.core["accumulator_stage"] is True and "w_sums" in il
     assert prepared.core["range_check_stage"] is True and "sel_stride_p" in il
     assert prepared.core["broadcast_stage"] is True and "out_slot_1" in il
-    assert prepared.core["read_address_stage"] is True and "staged_payload" in il
+    assert prepared.core["read_stage"] is True and "staged_payload" in il and "held_word" in il
     assert prepared.core["counter_stage"] is True and "step_cycles" in il
 
 
@@ -416,7 +416,7 @@ def test_ulx3s_core_with_fp8(tmp_path):
     assert prepared.core["accumulator_stage"] is False
     assert prepared.core["range_check_stage"] is False
     assert prepared.core["broadcast_stage"] is False
-    assert prepared.core["read_address_stage"] is False
+    assert prepared.core["read_stage"] is False
     assert prepared.core["counter_stage"] is False
     assert "--router router2" in (tmp_path / "build_ulx3s.sh").read_text()
     with pytest.raises(FPGAFlowError, match="engine payload is INT8-only"):

@@ -30,6 +30,12 @@ class BufferReader(wiring.Component):
         was the ULX3S core's critical path at 83 MHz with some placements). Words come
         a cycle later; throughput is still one word per cycle. The read port must read
         every cycle (no enable), as the core's buffers do.
+    data_stage : bool
+        Take the word read into a register before the FIFO: the block RAM's output (its
+        clock-to-output delay is 5.8 ns on the ECP5) and the multiplexer over the block
+        RAMs of a deep buffer then end at a flip-flop, not at the FIFO's LUT RAM (12.0 ns,
+        the ULX3S core's critical path at 83 MHz with some placements). Words come a cycle
+        later; the FIFO is a word deeper, so throughput is still one word per cycle.
 
     Members
     -------
@@ -41,8 +47,10 @@ class BufferReader(wiring.Component):
 
     DEPTH = 4
 
-    def __init__(self, *, addr_width, data_width, tag_width=1, address_stage=False):
+    def __init__(self, *, addr_width, data_width, tag_width=1, address_stage=False,
+                 data_stage=False):
         self._address_stage = bool(address_stage)
+        self._data_stage = bool(data_stage)
         self._addr_layout = data.StructLayout({"addr": addr_width, "tag": tag_width})
         self._data_layout = data.StructLayout({"data": data_width, "tag": tag_width})
         super().__init__({
@@ -55,8 +63,13 @@ class BufferReader(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.fifo = fifo = SyncFIFO(width=self._data_layout.size, depth=self.DEPTH)
+        depth = self.DEPTH + self._data_stage
+        m.submodules.fifo = fifo = SyncFIFO(width=self._data_layout.size, depth=depth)
         inflight = Signal()
+        # A word in the data register (data_stage): it goes into the FIFO in this cycle.
+        held = Signal()
+        held_word = Signal(self._data_layout)
+        pending = fifo.level + inflight + held   # words on their way into the FIFO or in it
         inflight_tag = Signal.like(self.addr.payload.tag)
         taken = Signal()
         issue = Signal()
@@ -65,13 +78,13 @@ class BufferReader(wiring.Component):
             staged_payload = Signal.like(self.addr.payload)
             m.d.sync += [staged.eq(taken), staged_payload.eq(self.addr.payload)]
             m.d.comb += [
-                self.addr.ready.eq(fifo.level + inflight + staged < self.DEPTH),
+                self.addr.ready.eq(pending + staged < depth),
                 issue.eq(staged),
             ]
             read = staged_payload
         else:
             m.d.comb += [
-                self.addr.ready.eq(fifo.level + inflight < self.DEPTH),
+                self.addr.ready.eq(pending < depth),
                 issue.eq(taken),
             ]
             read = self.addr.payload
@@ -82,11 +95,13 @@ class BufferReader(wiring.Component):
         ]
         m.d.sync += [inflight.eq(issue), inflight_tag.eq(read.tag)]
         word = Signal(self._data_layout)
+        m.d.comb += [word.data.eq(self.port_data), word.tag.eq(inflight_tag)]
+        if self._data_stage:
+            m.d.sync += [held.eq(inflight), held_word.eq(word)]
+            m.d.comb += [fifo.w_en.eq(held), fifo.w_data.eq(held_word)]
+        else:
+            m.d.comb += [fifo.w_en.eq(inflight), fifo.w_data.eq(word)]
         m.d.comb += [
-            word.data.eq(self.port_data),
-            word.tag.eq(inflight_tag),
-            fifo.w_en.eq(inflight),
-            fifo.w_data.eq(word),
             self.data.valid.eq(fifo.r_rdy),
             self.data.payload.eq(fifo.r_data),
             fifo.r_en.eq(self.data.ready),

@@ -86,7 +86,7 @@ class ComputeUnit(wiring.Component):
     def __init__(self, *, lanes, depths, max_rows, fp8, shared_pe_module, max_length=512,
                  max_hidden=1024, vector_units=True, requantizer=True, pe_multiplier=None,
                  accumulator_stage=False, range_check_stage=False, broadcast_stage=False,
-                 read_address_stage=False):
+                 read_stage=False):
         if lanes < 4:
             raise ValueError("the compute unit needs at least 4 lanes (32-bit table entries)")
         self._lanes = lanes
@@ -98,7 +98,7 @@ class ComputeUnit(wiring.Component):
         self._accumulator_stage = bool(accumulator_stage)
         self._range_check_stage = bool(range_check_stage)
         self._broadcast_stage = bool(broadcast_stage)
-        self._read_address_stage = bool(read_address_stage)
+        self._read_stage = bool(read_stage)
         self._max_length = max_length
         self._max_hidden = max_hidden
         self._vector_units = bool(vector_units)
@@ -287,10 +287,11 @@ class ComputeUnit(wiring.Component):
             shared_pe_module=self._shared_pe_module, pe_multiplier=self._pe_multiplier,
             accumulator_stage=self._accumulator_stage, broadcast_stage=self._broadcast_stage)
         m.submodules.inp_reader = inp_reader = BufferReader(
-            addr_width=16, data_width=word_bits, address_stage=self._read_address_stage)
+            addr_width=16, data_width=word_bits, address_stage=self._read_stage,
+            data_stage=self._read_stage)
         m.submodules.wgt_reader = wgt_reader = BufferReader(
             addr_width=16, data_width=word_bits, tag_width=2,
-            address_stage=self._read_address_stage)
+            address_stage=self._read_stage, data_stage=self._read_stage)
         m.submodules.transposer = transposer = WeightTransposer(n)
         m.submodules.post = post = PostProcessor(lanes=n, max_rows=self._max_rows,
                                                  requantize=self._requantizer, convert=self._fp8)

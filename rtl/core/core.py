@@ -82,10 +82,11 @@ class Core(wiring.Component):
         ULX3S core's critical path at 83 MHz with some placements, 12.3 ns). A counter
         then shows a cycle's events a cycle later (over the link, register reads come
         thousands of cycles after the core goes idle).
-    read_address_stage : bool
-        The buffers' read addresses (INP and WGT for the compute unit, OUT for the store
-        unit) come from registers (see :class:`rtl.core.buffer_reader.BufferReader`).
-        Same results; a word comes a cycle later.
+    read_stage : bool
+        The buffers' reads (INP and WGT for the compute unit, OUT for the store unit)
+        take their address from a register and put their word into one (see
+        :class:`rtl.core.buffer_reader.BufferReader`, ``address_stage`` and
+        ``data_stage``). Same results; a word comes two cycles later.
     range_check_stage : bool
         The units' range checks compute their product in a stage of its own (see
         :class:`rtl.core.range_check.RangeCheck`). Same results; every LOAD, STORE and
@@ -115,7 +116,7 @@ class Core(wiring.Component):
                  max_length=512, max_hidden=1024, sched_queue_depth=32, sched_inflight=4,
                  shared_pe_module=False, vector_units=True, requantizer=True, scheduler=True,
                  pe_multiplier=None, accumulator_stage=False, range_check_stage=False,
-                 broadcast_stage=False, read_address_stage=False, counter_stage=False):
+                 broadcast_stage=False, read_stage=False, counter_stage=False):
         if lanes not in (4, 8, 16, 32):
             raise ValueError(f"lanes must be 4, 8, 16 or 32, not {lanes!r}")
         for name, value in (("inp_words", inp_words), ("wgt_words", wgt_words),
@@ -137,7 +138,7 @@ class Core(wiring.Component):
         self._accumulator_stage = bool(accumulator_stage)
         self._range_check_stage = bool(range_check_stage)
         self._broadcast_stage = bool(broadcast_stage)
-        self._read_address_stage = bool(read_address_stage)
+        self._read_stage = bool(read_stage)
         self._counter_stage = bool(counter_stage)
         self.vector_units = bool(vector_units)
         self.requantizer = bool(requantizer)
@@ -167,7 +168,7 @@ class Core(wiring.Component):
                            accumulator_stage=self._accumulator_stage,
                            range_check_stage=self._range_check_stage,
                            broadcast_stage=self._broadcast_stage,
-                           read_address_stage=self._read_address_stage)
+                           read_stage=self._read_stage)
 
     def verilog_modules(self):
         """``{name: component}`` of the Verilog modules the core instantiates."""
@@ -194,7 +195,7 @@ class Core(wiring.Component):
         m.submodules.store = store = StoreUnit(
             word_bits=word_bits, out_words=self.depths[Bank.OUT], dram_words=self.dram_words,
             counters=n_counters, range_check_stage=self._range_check_stage,
-            read_address_stage=self._read_address_stage)
+            read_stage=self._read_stage)
         wiring.connect(m, load.rd_req, wiring.flipped(self.mem.rd_req))
         wiring.connect(m, wiring.flipped(self.mem.rd_data), load.rd_data)
         wiring.connect(m, store.wr_req, wiring.flipped(self.mem.wr_req))

@@ -24,14 +24,15 @@ class StoreUnit(wiring.Component):
     does not fit raises ADDRESS; the instruction is then skipped (tokens still pushed).
     With ``range_check_stage`` the range check's product gets a stage of its own
     (:class:`.range_check.RangeCheck`, ``product_stage``): a cycle more per instruction.
-    With ``read_address_stage`` the OUT buffer's read address comes from a register
-    (:class:`.buffer_reader.BufferReader`, ``address_stage``): a cycle more per instruction.
+    With ``read_stage`` the OUT buffer's read address and its word pass registers
+    (:class:`.buffer_reader.BufferReader`, ``address_stage`` and ``data_stage``): two
+    cycles more per instruction.
     """
 
     def __init__(self, *, word_bits, out_words, dram_words, counters, range_check_stage=False,
-                 read_address_stage=False):
+                 read_stage=False):
         self._range_check_stage = bool(range_check_stage)
-        self._read_address_stage = bool(read_address_stage)
+        self._read_stage = bool(read_stage)
         self._word_bits = word_bits
         self._out_words = out_words
         self._dram_words = dram_words
@@ -84,7 +85,8 @@ class StoreUnit(wiring.Component):
         m.d.comb += check.start.eq(control.start)
 
         m.submodules.reader = reader = BufferReader(addr_width=16, data_width=self._word_bits,
-                                                    address_stage=self._read_address_stage)
+                                                    address_stage=self._read_stage,
+                                                    data_stage=self._read_stage)
         counter_word = Signal(32)
         counters = Array(self.counters[i] for i in range(self._counters))
         with m.If(reader.port_en):
