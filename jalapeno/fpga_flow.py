@@ -189,7 +189,9 @@ class BoardFlow:
 #: ULX3S: the 8 x 8 GEMM datapath (INT32 results; the host requantizes), every PE on a
 #: MULT18X18D with the DSP's own operand and product registers (``pe_multiplier``), the
 #: engine's accumulator add and the range checks' products in stages of their own
-#: (``accumulator_stage``, ``range_check_stage``). At 16 x 16 the row-wise units and the
+#: (``accumulator_stage``, ``range_check_stage``), the array's broadcasts from registers
+#: (``broadcast_stage``), the buffer reads through registers (``read_stage``) and the
+#: counters' increments registered (``counter_stage``). At 16 x 16 the row-wise units and the
 #: 16 requantizers need about 240 multipliers besides the PEs' 256, with the requantizers
 #: alone the LUT-multiplier PEs fill 98 % of the LUTs, and the GEMM-only 16 x 16 (59 % of
 #: the LUTs) did not route: nextpnr's router2 stalled at 19 k overused wires
@@ -210,7 +212,7 @@ ICEBREAKER_CORE = dict(lanes=4, memory_words=1024, inp_words=256, wgt_words=256,
 BOARDS = {
     # 16 x 16 INT8: 156 PEs on MULT18X18D, 100 with LUT multipliers.
     "ulx3s": BoardFlow(
-        spec=ULX3S, default_mhz=75, payload="core", core=ULX3S_CORE, rows=16, cols=16,
+        spec=ULX3S, default_mhz=250 / 3, payload="core", core=ULX3S_CORE, rows=16, cols=16,
         max_rows=512, dsp_blocks=156, core_dsps=12, synth_opts="", abc9=False,
         nextpnr_opts="--router router1",
         bitstream_suffix="bit",
