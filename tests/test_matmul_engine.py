@@ -141,19 +141,25 @@ def run_engine_pysim(dut, problems, *, backpressure, seed):
     return got, fed
 
 
+def random_integer_problems(rng, count, m_range, k_range, n_range):
+    """``count`` (mode, A, W) problems, INT8 and UINT8 in turn, with M, K and N drawn from
+    the half-open ranges."""
+    problems = []
+    for i in range(count):
+        m, k, n = (int(rng.integers(*r)) for r in (m_range, k_range, n_range))
+        mode = (MatmulMode.INT8, MatmulMode.UINT8)[i % 2]
+        problems.append((mode, random_codes(rng, (m, k), mode, "a"),
+                         random_codes(rng, (k, n), mode, "w")))
+    return problems
+
+
 def test_engine_accumulator_stage_forwards_back_to_back_rows():
     """With ``accumulator_stage`` a row is added and written a cycle after it is read: an
     accumulating row one advancing cycle behind a row of the same accumulator row needs
     the forwarded sum, one two cycles behind the transparent read. Short K-tiled problems
     with M = 1 or 2 and heavy backpressure (weights load while ``c`` is held, so the next
     pass follows at once) make both happen, many times; the results must match golden."""
-    rng = np.random.default_rng(3)
-    problems = []
-    for i in range(40):
-        m, k, n = int(rng.integers(1, 3)), int(rng.integers(3, 9)), int(rng.integers(1, 3))
-        mode = (MatmulMode.INT8, MatmulMode.UINT8)[i % 2]
-        problems.append((mode, random_codes(rng, (m, k), mode, "a"),
-                         random_codes(rng, (k, n), mode, "w")))
+    problems = random_integer_problems(np.random.default_rng(3), 40, (1, 3), (3, 9), (1, 3))
     dut = MatmulEngine(rows=2, cols=2, max_rows=4, fp8=False, accumulator_stage=True)
     assert dut.latency == 2 + 2 + 5 + 1
     got, fed = run_engine_pysim(dut, problems, backpressure=0.7, seed=4)
@@ -225,13 +231,8 @@ def test_engine_broadcast_stage_under_backpressure(backpressure):
     wait in a two-row buffer: random backpressure on ``c`` (70 %: the buffer fills and
     the datapath stops; 30 %: it rarely does) loses, repeats or reorders no row, with
     weights loading while ``c`` is held (the weight rows are written a cycle late)."""
-    rng = np.random.default_rng(int(backpressure * 10))
-    problems = []
-    for i in range(24):
-        m, k, n = int(rng.integers(1, 9)), int(rng.integers(1, 9)), int(rng.integers(1, 5))
-        mode = (MatmulMode.INT8, MatmulMode.UINT8)[i % 2]
-        problems.append((mode, random_codes(rng, (m, k), mode, "a"),
-                         random_codes(rng, (k, n), mode, "w")))
+    problems = random_integer_problems(np.random.default_rng(int(backpressure * 10)), 24,
+                                       (1, 9), (1, 9), (1, 5))
     dut = MatmulEngine(rows=3, cols=2, max_rows=4, fp8=False, accumulator_stage=True,
                        broadcast_stage=True)
     got, _ = run_engine_pysim(dut, problems, backpressure=backpressure, seed=7)
