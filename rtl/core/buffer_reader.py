@@ -28,8 +28,8 @@ class BufferReader(wiring.Component):
         ``port_addr`` then comes from a flip-flop, not from the consumer's address
         arithmetic (an address adder and multiplexer into every block RAM of the buffer
         was the ULX3S core's critical path at 83 MHz with some placements). Words come
-        a cycle later; throughput is still one word per cycle. The read port must read
-        every cycle (no enable), as the core's buffers do.
+        a cycle later; throughput is still one word per cycle (``port_en`` comes with the
+        registered address).
     data_stage : bool
         Take the word read into a register before the FIFO: the block RAM's output (its
         clock-to-output delay is 5.8 ns on the ECP5) and the multiplexer over the block

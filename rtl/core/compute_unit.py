@@ -1,6 +1,6 @@
 """The compute unit: GEMM, the row-wise ops (SOFTMAX, LAYERNORM, ACTIVATION, REQUANT), TABLE, NOP."""
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -16,7 +16,7 @@ from ..matmul.mode import MatmulMode
 from ..softmax import Softmax
 from .absent_unit import AbsentUnit
 from .buffer_reader import BufferReader
-from .instruction_control import InstructionControl
+from .instruction_control import InstructionControl, settled
 from .post_processor import PostProcessor, decode_param_words, param_set_layout
 from .range_check import Extent, RangeCheck
 from .status import ErrorCode
@@ -113,10 +113,8 @@ class ComputeUnit(wiring.Component):
             "next_take": Out(1),
             "push_next": Out(1),
             "inp_addr": Out(16),
-            "inp_en": Out(1),
             "inp_data": In(word_bits),
             "wgt_addr": Out(16),
-            "wgt_en": Out(1),
             "wgt_data": In(word_bits),
             "write": Out(stream.Signature(buffer_write_layout(word_bits))),
             "error": Out(1),
@@ -186,34 +184,24 @@ class ComputeUnit(wiring.Component):
         row_elements = v.words << log_n
         table_words = (tbl.count + per_word - 1) >> exact_log2(per_word)
 
-        def settled(value, name):
-            """``value``, a function of the current instruction, in a register that follows
-            it every cycle. The instruction is stable from ``control.start`` on, and nothing
-            reads these before its range check is done (``count + 3`` or more cycles later), so the
-            register always holds the current instruction's value when it is read; no
-            comparator or state machine then waits for a decoder, a multiplexer and a
-            subtraction (the ULX3S core's critical path ran from the instruction register
-            through such a chain into the weight sequencer's state, 14.2 ns at 75 MHz)."""
-            reg = Signal(Value.cast(value).shape(), name=name)
-            m.d.sync += reg.eq(value)
-            return reg
-
         # The WGT words of all the parameter sets (GEMM's tiles, or REQUANT's), one set per
         # tile: by shifts and adds (Yosys would give a constant product a DSP, and that DSP
         # on the way from the instruction to the range check was the ULX3S core's critical
         # path, 15.3 ns), settled: extents after the first are read by the range check two
         # or more cycles after ``start``.
         param_tiles = Mux(is_gemm, g.n_tiles, rq_tiles)
-        param_words = settled(Mux(wide_params, constant_product(param_tiles, PARAM_WORDS_WIDE),
-                                  constant_product(param_tiles, PARAM_WORDS)), "param_words")
+        param_words = settled(m, Mux(wide_params,
+                                     constant_product(param_tiles, PARAM_WORDS_WIDE),
+                                     constant_product(param_tiles, PARAM_WORDS)), "param_words")
 
         # Loop bounds (last indices) of the sequencers, as ``settled`` registers.
-        m_last, k_last = settled(g.m - 1, "m_last"), settled(g.k_tiles - 1, "k_last")
-        n_last = settled(g.n_tiles - 1, "n_last")
-        rows_last, words_last = settled(v.rows - 1, "rows_last"), settled(v.words - 1, "words_last")
-        rq_tiles_last = settled(rq_tiles - 1, "rq_tiles_last")
-        row_in_words_last = settled(row_in_words - 1, "row_in_words_last")
-        table_words_last = settled(table_words - 1, "table_words_last")
+        m_last, k_last = settled(m, g.m - 1, "m_last"), settled(m, g.k_tiles - 1, "k_last")
+        n_last = settled(m, g.n_tiles - 1, "n_last")
+        rows_last = settled(m, v.rows - 1, "rows_last")
+        words_last = settled(m, v.words - 1, "words_last")
+        rq_tiles_last = settled(m, rq_tiles - 1, "rq_tiles_last")
+        row_in_words_last = settled(m, row_in_words - 1, "row_in_words_last")
+        table_words_last = settled(m, table_words - 1, "table_words_last")
 
         # -- Checks --------------------------------------------------------------------------
         max_mode = MatmulMode.E5M2_E4M3.value if self._fp8 else MatmulMode.UINT8.value
@@ -243,7 +231,7 @@ class ComputeUnit(wiring.Component):
         if not self._requantizer:     # only RAW results
             gemm_bad = gemm_bad | (g.post != PostOp.RAW)
             vector_bad = vector_bad | is_requant
-        field_bad = settled(Mux(is_gemm, gemm_bad, Mux(is_vector, vector_bad,
+        field_bad = settled(m, Mux(is_gemm, gemm_bad, Mux(is_vector, vector_bad,
                                                        Mux(is_table, table_bad, 0))), "field_bad")
 
         def depth_of(bank):
@@ -311,9 +299,9 @@ class ComputeUnit(wiring.Component):
         m.submodules.param_fifo = param_fifo = SyncFIFO(width=params_layout.size, depth=4)
         m.submodules.residual_fifo = residual_fifo = SyncFIFO(width=word_bits, depth=4)
         m.d.comb += [
-            self.inp_addr.eq(inp_reader.port_addr), self.inp_en.eq(inp_reader.port_en),
+            self.inp_addr.eq(inp_reader.port_addr),
             inp_reader.port_data.eq(self.inp_data),
-            self.wgt_addr.eq(wgt_reader.port_addr), self.wgt_en.eq(wgt_reader.port_en),
+            self.wgt_addr.eq(wgt_reader.port_addr),
             wgt_reader.port_data.eq(self.wgt_data),
             self.mac.eq(engine.a.valid & engine.a.ready),
             self.post_stall.eq(engine.c.valid & ~engine.c.ready),
@@ -464,7 +452,8 @@ class ComputeUnit(wiring.Component):
         wdata = wgt_reader.data
         collected = Signal(range(PARAM_WORDS_WIDE))
         param_words = Signal(PARAM_WORDS_WIDE * word_bits)
-        param_last = settled(Mux(wide_params, PARAM_WORDS_WIDE - 1, PARAM_WORDS - 1), "param_last")
+        param_last = settled(m, Mux(wide_params, PARAM_WORDS_WIDE - 1, PARAM_WORDS - 1),
+                             "param_last")
         param_set = decode_param_words(m, Cat(param_words[word_bits:], wdata.payload.data),
                                        wide_params, n)
         m.d.comb += [transposer.i.payload.eq(wdata.payload.data),
@@ -511,9 +500,9 @@ class ComputeUnit(wiring.Component):
         p_ptr = Signal(16)
         c_ptr = Signal(16)      # the class-1 parameters (gemm_cls)
         c_phase = Signal()      # reading tile w_j's class-1 set (before its normal one)
-        tiles = settled(Mux(is_gemm, g.n_tiles, rq_tiles), "tiles")
-        tiles_last = settled(Mux(is_gemm, g.n_tiles, rq_tiles) - 1, "tiles_last")
-        res_rows_last = settled(Mux(is_gemm, g.m, v.rows) - 1, "res_rows_last")
+        tiles = settled(m, Mux(is_gemm, g.n_tiles, rq_tiles), "tiles")
+        tiles_last = settled(m, Mux(is_gemm, g.n_tiles, rq_tiles) - 1, "tiles_last")
+        res_rows_last = settled(m, Mux(is_gemm, g.m, v.rows) - 1, "res_rows_last")
         res_stride = Mux(is_gemm, g.res_stride, v.res_stride)
         m.d.comb += [
             engine.cmd.payload.mode.eq(g.mode),

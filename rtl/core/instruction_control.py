@@ -1,13 +1,26 @@
 """The life of an instruction in one execution unit: fetch, wait for tokens, run, signal."""
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..isa import Instruction
 
 
-__all__ = ["InstructionControl"]
+__all__ = ["InstructionControl", "settled"]
+
+
+def settled(m, value, name):
+    """``value``, a function of a unit's current instruction, in a register that follows it
+    every cycle. The instruction is stable from ``start`` on, and a unit reads these only
+    after its range check is done (``count + 3`` or more cycles later), so the register
+    then holds the current instruction's value; no comparator or state machine waits for
+    a decoder, a multiplexer and a subtraction behind the instruction register (such
+    chains were the ULX3S core's critical paths: into the compute unit's weight sequencer,
+    14.2 ns at 75 MHz; into the store unit's row address, 12.0 ns at 90 MHz)."""
+    reg = Signal(Value.cast(value).shape(), name=name)
+    m.d.sync += reg.eq(value)
+    return reg
 
 
 class InstructionControl(wiring.Component):

@@ -1,11 +1,11 @@
 """The load unit: LOAD instructions, external memory -> INP or WGT."""
 
-from amaranth.hdl import Module, Mux, Signal, Value
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..isa import Bank, Instruction, Opcode
-from .instruction_control import InstructionControl
+from .instruction_control import InstructionControl, settled
 from .memory_port import MemoryRequest
 from .range_check import Extent, RangeCheck
 from .status import ErrorCode
@@ -97,13 +97,9 @@ class LoadUnit(wiring.Component):
             self.write.payload.addr.eq(row_addr + recv_col),
             self.write.payload.data.eq(self.rd_data.payload),
         ]
-        # ``cols - 1`` and ``rows - 1`` in registers that follow the instruction every cycle:
-        # it is stable from ``start`` on and RUN begins after the range check, so they hold
-        # its values there, and no subtraction lies between the instruction and the loop's
-        # comparisons (the store unit's was the ULX3S core's critical path at 90 MHz).
-        cols_last = Signal(Value.cast(t.cols - 1).shape())
-        rows_last = Signal(Value.cast(t.rows - 1).shape())
-        m.d.sync += [cols_last.eq(t.cols - 1), rows_last.eq(t.rows - 1)]
+        # The loop bounds, settled (no subtraction behind the instruction register).
+        cols_last = settled(m, t.cols - 1, "cols_last")
+        rows_last = settled(m, t.rows - 1, "rows_last")
         req_active = Signal()   # burst requests still to issue (``req_row != rows``)
         with m.FSM():
             with m.State("IDLE"):

@@ -1,12 +1,12 @@
 """The store unit: STORE instructions, OUT (or the counter file) -> external memory."""
 
-from amaranth.hdl import Array, Module, Mux, Signal, Value
+from amaranth.hdl import Array, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..isa import Bank, Instruction, Opcode
 from .buffer_reader import BufferReader
-from .instruction_control import InstructionControl
+from .instruction_control import InstructionControl, settled
 from .memory_port import MemoryRequest
 from .range_check import Extent, RangeCheck
 from .status import ErrorCode
@@ -46,7 +46,6 @@ class StoreUnit(wiring.Component):
             "wr_data": Out(stream.Signature(word_bits)),
             "wr_ack": In(stream.Signature(1)),
             "out_addr": Out(16),
-            "out_en": Out(1),
             "out_data": In(word_bits),
             "counters": In(data.ArrayLayout(32, counters)),
             "error": Out(1),
@@ -93,7 +92,6 @@ class StoreUnit(wiring.Component):
             m.d.sync += counter_word.eq(counters[reader.port_addr[:max(1, (self._counters - 1).bit_length())]])
         m.d.comb += [
             self.out_addr.eq(reader.port_addr),
-            self.out_en.eq(reader.port_en & ~is_counters),
             reader.port_data.eq(Mux(is_counters, counter_word, self.out_data)),
         ]
 
@@ -109,13 +107,9 @@ class StoreUnit(wiring.Component):
             self.wr_req.payload.len.eq(t.cols),
             self.wr_data.payload.eq(reader.data.payload.data),
         ]
-        # ``cols - 1`` and ``rows - 1`` in registers that follow the instruction every cycle:
-        # it is stable from ``start`` on and RUN begins after the range check, so they hold
-        # its values there, and no subtraction lies between the instruction and the loop's
-        # comparisons (the store's was the ULX3S core's critical path at 90 MHz, 12.0 ns).
-        cols_last = Signal(Value.cast(t.cols - 1).shape())
-        rows_last = Signal(Value.cast(t.rows - 1).shape())
-        m.d.sync += [cols_last.eq(t.cols - 1), rows_last.eq(t.rows - 1)]
+        # The loop bounds, settled (no subtraction behind the instruction register).
+        cols_last = settled(m, t.cols - 1, "cols_last")
+        rows_last = settled(m, t.rows - 1, "rows_last")
         # "addresses / burst requests still to issue" in registers (``rd_row != rows``
         # and ``req_row != rows`` as flags), so the handshakes wait for no comparator.
         rd_active = Signal()
