@@ -1,6 +1,6 @@
-"""A signed 9 x 9 multiplier with operand and product registers (on an ECP5 ``MULT18X18D``)."""
+"""A multiplier with operand and product registers (on an ECP5 ``MULT18X18D``)."""
 
-from amaranth.hdl import ClockSignal, Const, Instance, Module, ResetSignal, Signal, signed
+from amaranth.hdl import ClockSignal, Const, Instance, Module, ResetSignal, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -23,7 +23,7 @@ def check_registered_multiplier(implementation):
 
 
 class RegisteredMultiplier(wiring.Component):
-    """``p = a * b`` (signed 9 x 9 -> signed 18), two registered stages deep.
+    """``p = a * b`` (by default signed 9 x 9 -> signed 18), two registered stages deep.
 
     Stage 1 registers the operands, stage 2 the product; both move only when
     ``en`` is high. Counting only cycles with ``en`` high, ``a`` and ``b``
@@ -48,27 +48,39 @@ class RegisteredMultiplier(wiring.Component):
     ----------
     implementation : str
         One of :data:`REGISTERED_MULTIPLIER_IMPLEMENTATIONS`.
+    a_width, b_width : int
+        The operands' widths, at most 18 each (the DSP's; 9 x 9 for the PEs, unsigned
+        12 x 16 for the range check's partial products).
+    is_signed : bool
+        Signed (two's complement) operands and product, or unsigned ones.
 
     Members
     -------
-    a, b : In(signed(9))
-    p : Out(signed(18))
+    a : In(signed(a_width)) (or unsigned)
+    b : In(signed(b_width)) (or unsigned)
+    p : Out(signed(a_width + b_width)) (or unsigned)
     en : In(1)
     """
 
     latency = 2
 
-    def __init__(self, implementation="behavioral"):
+    def __init__(self, implementation="behavioral", *, a_width=9, b_width=9, is_signed=True):
         try:
             check_registered_multiplier(implementation)
+            for name, width in (("a_width", a_width), ("b_width", b_width)):
+                if not 1 <= width <= 18:
+                    raise ValueError(f"{name} must be 1 to 18 (a MULT18X18D operand), "
+                                     f"not {width}")
         except ValueError:
             self._MustUse__silence = True   # never built: no "created but never used" warning
             raise
         self._implementation = implementation
+        self._is_signed = bool(is_signed)
+        shape = signed if self._is_signed else unsigned
         super().__init__({
-            "a": In(signed(9)),
-            "b": In(signed(9)),
-            "p": Out(signed(18)),
+            "a": In(shape(a_width)),
+            "b": In(shape(b_width)),
+            "p": Out(shape(a_width + b_width)),
             "en": In(1),
         })
 
@@ -79,10 +91,11 @@ class RegisteredMultiplier(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         if self._implementation == "mult18x18d":
-            a = Signal(signed(18))
-            b = Signal(signed(18))
+            shape = signed if self._is_signed else unsigned
+            a = Signal(shape(18))
+            b = Signal(shape(18))
             product = Signal(36)
-            m.d.comb += [a.eq(self.a), b.eq(self.b), self.p.eq(product[:18])]
+            m.d.comb += [a.eq(self.a), b.eq(self.b), self.p.eq(product[:len(self.p)])]
             # Only the pins in use are connected: C (the ALU's operand) and the control
             # pins of the unused clock, enable and reset lines stay open, as in Yosys' own
             # MULT18X18D mapping; a constant on them is a net nextpnr has to route to
@@ -98,15 +111,15 @@ class RegisteredMultiplier(wiring.Component):
                 p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
                 p_CLK0_DIV="ENABLED", p_GSR="DISABLED", p_RESETMODE="SYNC",
                 p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED",
-                i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1),
+                i_SIGNEDA=Const(self._is_signed, 1), i_SIGNEDB=Const(self._is_signed, 1),
                 i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),
                 i_CLK0=ClockSignal("sync"), i_CE0=self.en, i_RST0=ResetSignal("sync"),
                 **ports,
             )
             return m
 
-        a = Signal(signed(9))
-        b = Signal(signed(9))
+        a = Signal.like(self.a)
+        b = Signal.like(self.b)
         with m.If(self.en):
             m.d.sync += [a.eq(self.a), b.eq(self.b), self.p.eq(a * b)]
         return m
