@@ -278,20 +278,16 @@ class MatmulEngine(wiring.Component):
                 m.d.comb += set_done.eq(1 << feed_bank)
             with m.Else():
                 m.d.sync += feeding.eq(1)
-                with m.If(inject):
-                    m.d.sync += [
-                        feed_rows_left.eq(rows_left - 1),
-                        feed_left_zero.eq(left_one),
-                        feed_left_one.eq(rows_left == 2),
-                        feed_index.eq(index + 1),
-                    ]
-                with m.Else():
-                    m.d.sync += [
-                        feed_rows_left.eq(rows_left),
-                        feed_left_zero.eq(left_zero),
-                        feed_left_one.eq(left_one),
-                        feed_index.eq(index),
-                    ]
+        # The row counters load every cycle: they are read only while ``feeding``, and
+        # a cycle that does not set ``feeding`` leaves values nobody reads. So ``inject`` is
+        # only their multiplexers' select, not also a clock enable behind ``available``
+        # (the ULX3S core's path into ``feed_index``).
+        m.d.sync += [
+            feed_rows_left.eq(Mux(inject, rows_left - 1, rows_left)),
+            feed_left_zero.eq(Mux(inject, left_one, left_zero)),
+            feed_left_one.eq(Mux(inject, rows_left == 2, left_one)),
+            feed_index.eq(Mux(inject, index + 1, index)),
+        ]
 
         mode_valid = current.mode.as_value() <= (MatmulMode.E5M2_E4M3.value if self._fp8
                                                  else MatmulMode.UINT8.value)
@@ -445,10 +441,15 @@ class MatmulEngine(wiring.Component):
         inflight = [Signal(range(self._max_rows + rows + cols + 8), name=f"inflight_{b}")
                     for b in range(2)]
         for b in range(2):
-            up = inject & (feed_bank == b)
+            # A row injected is counted a cycle later (``up``, a register, still counts in
+            # the test below): no path from ``inject`` through the adder (the ULX3S core's
+            # path at 83 MHz with some placements). A row leaves the array many cycles
+            # after it was injected, so the count never goes below zero.
+            up = Signal(name=f"inflight_up_{b}")
+            m.d.sync += up.eq(inject & (feed_bank == b))
             down = advance & d_tag.valid & (d_tag.bank == b)
             m.d.sync += inflight[b].eq(inflight[b] + up - down)
-            with m.If(feed_done[b] & (inflight[b] == 0) & ~set_loaded[b]):
+            with m.If(feed_done[b] & (inflight[b] == 0) & ~up & ~set_loaded[b]):
                 m.d.comb += clear_loaded[b].eq(1)
         m.d.sync += [
             loaded.eq((loaded | set_loaded) & ~clear_loaded),
