@@ -18,7 +18,8 @@ class LocalMemory(wiring.Component):
     host link's word reads and writes — the "external memory" of a board without DRAM.
 
     The core goes first: one read burst and one write burst at a time, a word per cycle;
-    a host access takes a cycle the core leaves free. Addresses wrap at ``words`` (the
+    a host read waits for the end of the core's read burst, a host write for the end of
+    its write burst. Addresses wrap at ``words`` (the
     core checks its accesses against its ``dram_words``, the link against its
     ``memory_words``; build both with this ``words``).
 
@@ -100,10 +101,15 @@ class LocalMemory(wiring.Component):
             m.d.sync += [w_addr.eq(w_addr + 1), w_left.eq(w_left - 1)]
             with m.If(w_left == 1):
                 m.d.sync += [w_active.eq(0), ack.eq(1)]
+        # A host word waits for the whole of a core burst (``w_active``, a register), not
+        # only for the core's words: the link's handshake then does not run from the
+        # core's store state into the bridge (the ULX3S core's path at 83 MHz with some
+        # placements, 11.2 ns). A burst is never stalled by the host, so it ends.
+        host_word = self.host_write.valid & ~w_active
         m.d.comb += [
-            self.host_write.ready.eq(~core_word),
-            write.en.eq(core_word | self.host_write.valid),
-            write.addr.eq(Mux(core_word, w_addr, self.host_write.payload.address)),
-            write.data.eq(Mux(core_word, core.wr_data.payload, self.host_write.payload.data)),
+            self.host_write.ready.eq(~w_active),
+            write.en.eq(core_word | host_word),
+            write.addr.eq(Mux(w_active, w_addr, self.host_write.payload.address)),
+            write.data.eq(Mux(w_active, core.wr_data.payload, self.host_write.payload.data)),
         ]
         return m
