@@ -97,3 +97,8 @@ def test_range_check_rows_fit_in_24_bits():
         RangeCheck(1).connect_extents([Extent(Signal(16), Signal(25), Signal(16), Signal(16), 100)])
     with pytest.raises(ValueError, match="24 bits"):
         RangeCheck(1).connect_extents([Extent(0, 1 << 24, 0, 1, 100)])
+
+
+def test_unknown_multiplier_is_refused():
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        RangeCheck(2, product_stage=True, multiplier="dsp48")

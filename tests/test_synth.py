@@ -120,3 +120,54 @@ def test_registered_multiplier_pes_use_the_dsp_registers(tmp_path):
     # The 18-bit product register moved into the DSP; what waits for it in the fabric (the
     # valid bit) gets a flip-flop or two more per PE.
     assert counts["mult18x18d"]["ff"] <= counts[None]["ff"] - rows * cols * 10, counts
+
+
+class RangeCheckTop(wiring.Component):
+    """A :class:`rtl.core.range_check.RangeCheck` of two extents on ports."""
+
+    def __init__(self, multiplier):
+        self._multiplier = multiplier
+        ports = {"start": In(1), "done": Out(1), "bad": Out(1)}
+        for i in range(2):
+            ports.update({f"base_{i}": In(32), f"rows_{i}": In(24), f"stride_{i}": In(32),
+                          f"cols_{i}": In(16), f"limit_{i}": In(33)})
+        super().__init__(ports)
+
+    def elaborate(self, platform):
+        from rtl.core.range_check import Extent, RangeCheck
+
+        m = Module()
+        m.submodules.check = check = RangeCheck(2, product_stage=True,
+                                                multiplier=self._multiplier)
+        check.connect_extents([Extent(*(getattr(self, f"{name}_{i}") for name in
+                                        ("base", "rows", "stride", "cols", "limit")))
+                               for i in range(2)])
+        m.d.comb += [check.start.eq(self.start), self.done.eq(check.done),
+                     self.bad.eq(check.bad)]
+        return m
+
+
+def test_range_check_partial_products_use_the_dsp_registers(tmp_path):
+    """With ``product_stage`` and ``multiplier="mult18x18d"`` (the ULX3S core's range
+    checks) the four partial products are four unsigned MULT18X18D with their operand and
+    product registers clocked; the behavioral ones are inferred DSPs without registers."""
+    import json
+
+    for multiplier in ("behavioral", "mult18x18d"):
+        workdir = tmp_path / multiplier
+        workdir.mkdir()
+        path = workdir / "check.v"
+        path.write_text(component_to_verilog(RangeCheckTop(multiplier), "check"))
+        cells = synthesize(path, "check", "ecp5", workdir=workdir)
+        assert cells["MULT18X18D"] == 4, (multiplier, cells)
+        netlist = json.loads((workdir / "netlist.json").read_text())
+        dsps = [cell for module in netlist["modules"].values()
+                for cell in module["cells"].values() if cell["type"] == "MULT18X18D"]
+        for dsp in dsps:
+            clocks = {name: dsp["parameters"].get(name, "NONE").strip()
+                      for name in ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_OUTPUT_CLK")}
+            if multiplier == "behavioral":
+                assert set(clocks.values()) == {"NONE"}, clocks
+            else:
+                assert set(clocks.values()) == {"CLK0"}, clocks
+                assert dsp["connections"]["SIGNEDA"] == dsp["connections"]["SIGNEDB"] == ["0"]

@@ -66,7 +66,8 @@ class Core(wiring.Component):
     pe_multiplier : str, optional
         The array's PEs multiply with a registered multiplier (``"mult18x18d"``: the
         ECP5 DSP with its own registers; see :class:`rtl.matmul.engine.MatmulEngine`).
-        Same results; a GEMM pass takes one cycle more.
+        Same results; a GEMM pass takes one cycle more. With ``range_check_stage`` the
+        range checks' partial products use the same multiplier.
     accumulator_stage : bool
         The matmul engine adds to its accumulator rows in a stage of their own (see
         :class:`rtl.matmul.engine.MatmulEngine`). Same results; a GEMM pass takes one
@@ -190,12 +191,13 @@ class Core(wiring.Component):
         counters = Signal(data.ArrayLayout(32, n_counters))
         m.submodules.load = load = LoadUnit(
             word_bits=word_bits, depths=self.depths, dram_words=self.dram_words,
-            range_check_stage=self._range_check_stage)
+            range_check_stage=self._range_check_stage,
+            range_check_multiplier=self._pe_multiplier or "behavioral")
         m.submodules.compute = compute = self._compute_unit()
         m.submodules.store = store = StoreUnit(
             word_bits=word_bits, out_words=self.depths[Bank.OUT], dram_words=self.dram_words,
             counters=n_counters, range_check_stage=self._range_check_stage,
-            read_stage=self._read_stage)
+            range_check_multiplier=self._pe_multiplier or "behavioral", read_stage=self._read_stage)
         wiring.connect(m, load.rd_req, wiring.flipped(self.mem.rd_req))
         wiring.connect(m, wiring.flipped(self.mem.rd_data), load.rd_data)
         wiring.connect(m, store.wr_req, wiring.flipped(self.mem.wr_req))
@@ -252,6 +254,18 @@ class Core(wiring.Component):
             m.d.comb += [unit.insn.payload.eq(fifo.r_data), unit.insn.valid.eq(fifo.r_rdy),
                          fifo.r_en.eq(unit.insn.ready), fifo.w_data.eq(self.insn.payload)]
             queues[name] = fifo
+        # Each queue's room in a register equal to its ``w_rdy`` (the level it will have
+        # next cycle is not the depth), so the dispatcher's ``ready`` does not run from the
+        # queue's level counter through the level compare (the ULX3S core's critical path
+        # into the link's instruction FIFO).
+        room = {}
+        for name, fifo in queues.items():
+            pushed = fifo.w_en & fifo.w_rdy
+            popped = fifo.r_en & fifo.r_rdy
+            room[name] = Signal(init=1, name=f"{name}_room")
+            m.d.sync += room[name].eq(~(((fifo.level == self.queue_depth) & ~popped)
+                                        | ((fifo.level == self.queue_depth - 1)
+                                           & pushed & ~popped)))
         error_latched = Signal()
         error_code = Signal(4)
         error_unit = Signal(2)
@@ -279,7 +293,7 @@ class Core(wiring.Component):
             with m.Switch(target):
                 for i, name in enumerate(("load", "compute", "store")):
                     with m.Case(i):
-                        m.d.comb += [self.insn.ready.eq(queues[name].w_rdy),
+                        m.d.comb += [self.insn.ready.eq(room[name]),
                                      queues[name].w_en.eq(1)]
                 with m.Case(3):
                     with m.If(opcode == Opcode.SYNC):

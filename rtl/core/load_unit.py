@@ -34,10 +34,14 @@ class LoadUnit(wiring.Component):
     range_check_stage : bool
         The range check's product gets a stage of its own (:class:`.range_check.RangeCheck`,
         ``product_stage``): a cycle more per instruction.
+    range_check_multiplier : str
+        The range check's registered multipliers (``multiplier``), with ``range_check_stage``.
     """
 
-    def __init__(self, *, word_bits, depths, dram_words, range_check_stage=False):
+    def __init__(self, *, word_bits, depths, dram_words, range_check_stage=False,
+                 range_check_multiplier="behavioral"):
         self._range_check_stage = bool(range_check_stage)
+        self._range_check_multiplier = range_check_multiplier
         self._depths = depths
         self._dram_words = dram_words
         super().__init__({
@@ -78,7 +82,8 @@ class LoadUnit(wiring.Component):
         m.d.comb += limit.eq(self._depths[Bank.WGT])
         with m.If(t.bank == Bank.INP):
             m.d.comb += limit.eq(self._depths[Bank.INP])
-        m.submodules.check = check = RangeCheck(2, product_stage=self._range_check_stage)
+        m.submodules.check = check = RangeCheck(2, product_stage=self._range_check_stage,
+                                                multiplier=self._range_check_multiplier)
         check.connect_extents([
             Extent(t.sram_base, t.rows, t.sram_stride, t.cols, limit),
             Extent(t.dram_base, t.rows, t.dram_stride, t.cols, self._dram_words),

@@ -23,15 +23,17 @@ class StoreUnit(wiring.Component):
     hardware counters into memory. Any other bank raises BAD_FIELD, an extent that
     does not fit raises ADDRESS; the instruction is then skipped (tokens still pushed).
     With ``range_check_stage`` the range check's product gets a stage of its own
-    (:class:`.range_check.RangeCheck`, ``product_stage``): a cycle more per instruction.
+    (:class:`.range_check.RangeCheck`, ``product_stage``; its registered multipliers are
+    ``range_check_multiplier``): a cycle more per instruction.
     With ``read_stage`` the OUT buffer's read address and its word pass registers
     (:class:`.buffer_reader.BufferReader`, ``address_stage`` and ``data_stage``): two
     cycles more per instruction.
     """
 
     def __init__(self, *, word_bits, out_words, dram_words, counters, range_check_stage=False,
-                 read_stage=False):
+                 range_check_multiplier="behavioral", read_stage=False):
         self._range_check_stage = bool(range_check_stage)
+        self._range_check_multiplier = range_check_multiplier
         self._read_stage = bool(read_stage)
         self._word_bits = word_bits
         self._out_words = out_words
@@ -75,7 +77,8 @@ class StoreUnit(wiring.Component):
         is_counters = t.bank == Bank.COUNTERS
         bank_ok = (t.bank == Bank.OUT) | is_counters
 
-        m.submodules.check = check = RangeCheck(2, product_stage=self._range_check_stage)
+        m.submodules.check = check = RangeCheck(2, product_stage=self._range_check_stage,
+                                                multiplier=self._range_check_multiplier)
         check.connect_extents([
             Extent(t.sram_base, t.rows, t.sram_stride, t.cols,
                    Mux(is_counters, self._counters, self._out_words)),
