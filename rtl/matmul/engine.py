@@ -256,36 +256,43 @@ class MatmulEngine(wiring.Component):
         feed_index = Signal(range(self._max_rows))
         current = Signal(pass_layout)
         m.d.comb += current.eq(Mux(feed_bank, pass_info[1], pass_info[0]))
+        # ``available`` (the bank being fed has a pass: ``feeding`` or its pass ready) and
+        # ``left_zero`` / ``left_one`` (no row / one row of it left to feed) are registers,
+        # loaded with their next values: ``a.ready`` is then one gate from registers, and
+        # the loop ``a.ready`` -> ``inject`` -> the feeder's state does not also run through
+        # ``feed_bank``'s multiplexers (the ULX3S core's path at 90 MHz, 11.3 ns).
+        # ``left_zero`` and ``left_one`` matter only while ``available``.
         available = Signal()
-        m.d.comb += available.eq(feeding | pass_ready.bit_select(feed_bank, 1))
+        left_zero = Signal()
+        left_one = Signal()
         rows_left = Mux(feeding, feed_rows_left, current.rows)
-        feed_left_zero = Signal()
-        feed_left_one = Signal()
-        left_zero = Mux(feeding, feed_left_zero, info_rows_zero.bit_select(feed_bank, 1))
-        left_one = Mux(feeding, feed_left_one, info_rows_one.bit_select(feed_bank, 1))
         index = Mux(feeding, feed_index, 0)
         inject = Signal()
         m.d.comb += [
             self.a.ready.eq(advance & available & ~left_zero),
             inject.eq(self.a.valid & self.a.ready),
         ]
-        with m.If(available):
-            with m.If(~feeding):
-                m.d.comb += clear_ready.eq(1 << feed_bank)
-            finishing = left_zero | (inject & left_one)
-            with m.If(finishing):
-                m.d.sync += [feeding.eq(0), feed_bank.eq(~feed_bank)]
-                m.d.comb += set_done.eq(1 << feed_bank)
-            with m.Else():
-                m.d.sync += feeding.eq(1)
-        # The row counters load every cycle: they are read only while ``feeding``, and
-        # a cycle that does not set ``feeding`` leaves values nobody reads. So ``inject`` is
-        # only their multiplexers' select, not also a clock enable behind ``available``
-        # (the ULX3S core's path into ``feed_index``).
+        finishing = available & (left_zero | (inject & left_one))
+        feeding_next = available & ~finishing
+        bank_next = feed_bank ^ finishing
+        with m.If(available & ~feeding):
+            m.d.comb += clear_ready.eq(1 << feed_bank)
+        with m.If(finishing):
+            m.d.comb += set_done.eq(1 << feed_bank)
+        pass_ready_next = Signal(2)
+        m.d.comb += pass_ready_next.eq((pass_ready | set_ready) & ~clear_ready)
         m.d.sync += [
+            feeding.eq(feeding_next),
+            feed_bank.eq(bank_next),
+            # A bank's rows-zero / rows-one bits are written when its pass is taken, long
+            # before the pass is ready (its weights load first), so this cycle's are final.
+            available.eq(feeding_next | pass_ready_next.bit_select(bank_next, 1)),
+            left_zero.eq(Mux(feeding_next, Mux(inject, left_one, left_zero),
+                             info_rows_zero.bit_select(bank_next, 1))),
+            left_one.eq(Mux(feeding_next, Mux(inject, rows_left == 2, left_one),
+                            info_rows_one.bit_select(bank_next, 1))),
+            # The row counters are read only while ``feeding``: ``inject`` only selects.
             feed_rows_left.eq(Mux(inject, rows_left - 1, rows_left)),
-            feed_left_zero.eq(Mux(inject, left_one, left_zero)),
-            feed_left_one.eq(Mux(inject, rows_left == 2, left_one)),
             feed_index.eq(Mux(inject, index + 1, index)),
         ]
 
@@ -453,7 +460,7 @@ class MatmulEngine(wiring.Component):
                 m.d.comb += clear_loaded[b].eq(1)
         m.d.sync += [
             loaded.eq((loaded | set_loaded) & ~clear_loaded),
-            pass_ready.eq((pass_ready | set_ready) & ~clear_ready),
+            pass_ready.eq(pass_ready_next),
             feed_done.eq((feed_done | set_done) & ~set_loaded & ~clear_loaded),
         ]
 
