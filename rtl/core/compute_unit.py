@@ -419,7 +419,7 @@ class ComputeUnit(wiring.Component):
         d_word = Signal(16)
         d_ptr = Signal(16)
         v_done = Signal()
-        with m.If(is_post):
+        with m.If(settled(m, is_post, "run_post")):
             wiring.connect(m, post.write, wiring.flipped(self.write))
         with m.Else():
             m.d.comb += [
