@@ -82,7 +82,7 @@ class PostProcessor(wiring.Component):
 
     Configure while idle, pulse ``start`` (``m``, ``n_tiles`` and ``cls_rows`` are
     latched then; the rest must stay stable until ``done``); ``done`` pulses after the last word is
-    accepted on ``write``. ``engine_error`` pulses for a row the engine flagged,
+    accepted on ``write``. ``engine_error`` pulses the cycle after a row the engine flagged is taken,
     ``shift_error`` for a requantization with a shift out of range, ``saturations``
     counts the lanes that saturated in a written word.
     """
@@ -177,7 +177,10 @@ class PostProcessor(wiring.Component):
             m.d.sync += in_row.eq(in_row + 1)
             with m.If(in_row == m_last):
                 m.d.sync += in_row.eq(0)
-        m.d.comb += self.engine_error.eq(row_taken & self.rows.payload.error)
+        # Registered: from the row handshake into the core's error latch it was the ULX3S
+        # core's path at 90 MHz with some placements (11.6 ns). A flagged row's words are
+        # written after it is taken, so the pulse still comes before ``done``.
+        m.d.sync += self.engine_error.eq(row_taken & self.rows.payload.error)
 
         # -- RAW: a row becomes 4 words -------------------------------------------------------
         held = Signal(data.ArrayLayout(32, lanes))
