@@ -804,14 +804,15 @@ def test_bridge_timeout_boundary_pysim():
 @pytest.mark.parametrize("frame", [lf.ping(b""), lf.ping(b"xyz"), lf.read_reg(9)])
 def test_bridge_latency_pysim(frame):
     """``latency`` cycles from the last request byte to the first response byte; the rest of
-    the response follows at one byte per cycle."""
+    the response follows at one byte per cycle, but a PING payload byte after the first
+    waits a cycle more (each leaves the buffer through a register)."""
     dut = HostBridge(word_bytes=4, memory_words=8, register_count=2, max_payload=16)
     seen = []
 
     async def bench(ctx):
         ctx.set(dut.tx.ready, 1)
         ctx.set(dut.rx.valid, 1)
-        for cycle in range(len(frame) + 12):
+        for cycle in range(3 * len(frame) + 12):
             if cycle < len(frame):
                 ctx.set(dut.rx.payload, frame[cycle])
                 assert ctx.get(dut.rx.ready)
@@ -823,7 +824,11 @@ def test_bridge_latency_pysim(frame):
 
     _run(dut, bench)
     last = len(frame) - 1
-    assert [c for c, _ in seen] == list(range(last + dut.latency, last + dut.latency + len(seen)))
+    payload = len(frame) - 6 if frame[1] == lf.Opcode.PING else 0
+    # cycles after the byte before: the header, the payload, the CRC
+    steps = [0, 1, 1, 1] + ([1] + [2] * (payload - 1) if payload else []) + [1, 1]
+    expected = [last + dut.latency + sum(steps[:i + 1]) for i in range(len(steps))]
+    assert [c for c, _ in seen] == expected
     assert len(lf.parse_responses(bytes(p for _, p in seen))) == 1
 
 

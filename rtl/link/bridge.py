@@ -136,7 +136,8 @@ class HostBridge(wiring.Component):
     - READ_MEM: the response header goes out while the first address is issued;
       each word read from ``mem_read_data`` (any latency, in order) is sent while the
       next address is issued, so at most one read is outstanding.
-    - PING: the response payload is read back from the buffer.
+    - PING: the response payload is read back from the buffer, a byte every two cycles
+      at most (each byte leaves the buffer's block RAM through a register).
 
     Byte order: byte ``i`` of a word in a payload is bits ``[8i + 7 : 8i]`` of the
     word (little-endian), for memory words, instructions and register values.
@@ -240,6 +241,13 @@ class HostBridge(wiring.Component):
         ]
         m.d.sync += rd_index.eq(rd_index_next)
         rd_byte = read.data  # == buffer[rd_index]
+        # The same byte a cycle later, for the transmit register (a PING payload): the block
+        # RAM's clock-to-output (5.8 ns on the ECP5) then does not run on through the
+        # transmit multiplexer (the ULX3S core's path at 90 MHz, 11.7 ns). It is
+        # buffer[rd_index] when ``rd_index`` did not move in the cycle before.
+        rd_byte_late = Signal(8)
+        rd_byte_late_ok = Signal()
+        m.d.sync += [rd_byte_late.eq(read.data), rd_byte_late_ok.eq(rd_index_next == rd_index)]
 
         # --- request fields ---------------------------------------------------------------
         opcode = Signal(8)
@@ -573,9 +581,9 @@ class HostBridge(wiring.Component):
             with m.State("RESP_PAYLOAD"):
                 from_buffer = opcode == Opcode.PING
                 from_memory = opcode == Opcode.READ_MEM
-                ready = from_buffer | ~from_memory | (word_left != 0)
+                ready = Mux(from_buffer, rd_byte_late_ok, ~from_memory | (word_left != 0))
                 with m.If(tx_free & ready):
-                    send(Mux(from_buffer, rd_byte, shift[:8]))
+                    send(Mux(from_buffer, rd_byte_late, shift[:8]))
                     m.d.sync += resp_len.eq(resp_len - 1)
                     with m.If(from_buffer):
                         m.d.comb += rd_index_next.eq(rd_index + 1)
