@@ -212,7 +212,7 @@ ICEBREAKER_CORE = dict(lanes=4, memory_words=1024, inp_words=256, wgt_words=256,
 BOARDS = {
     # 16 x 16 INT8: 156 PEs on MULT18X18D, 100 with LUT multipliers.
     "ulx3s": BoardFlow(
-        spec=ULX3S, default_mhz=250 / 3, payload="core", core=ULX3S_CORE, rows=16, cols=16,
+        spec=ULX3S, default_mhz=90, payload="core", core=ULX3S_CORE, rows=16, cols=16,
         max_rows=512, dsp_blocks=156, core_dsps=12, synth_opts="", abc9=False,
         nextpnr_opts="--router router1",
         bitstream_suffix="bit",
