@@ -55,8 +55,8 @@ class RangeCheck(wiring.Component):
 
     With ``product_stage`` the partial products come from stage 1's registers in a
     stage of their own, between stages 1 and 2: no path then runs from the extent
-    multiplexer into the DSPs (the ULX3S core's critical path, 15.4 ns, with some
-    placements). The partial products are then four
+    multiplexer through the multipliers (the ULX3S core's critical path, 15.4 ns, with
+    some placements), only into their operand registers. The partial products are then four
     :class:`~rtl.matmul.registered_multiplier.RegisteredMultiplier` (unsigned 12 x
     ``width / 2``) whose operand registers are stage 1's and product registers the
     product stage's: with ``multiplier="mult18x18d"`` those are the DSPs' own registers,
