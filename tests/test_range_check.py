@@ -102,3 +102,8 @@ def test_range_check_rows_fit_in_24_bits():
 def test_unknown_multiplier_is_refused():
     with pytest.raises(ValueError, match="implementation must be one of"):
         RangeCheck(2, product_stage=True, multiplier="dsp48")
+
+
+def test_product_stage_wider_than_the_multipliers_is_refused():
+    with pytest.raises(ValueError, match="width 38 is more than 36"):
+        RangeCheck(2, width=38, product_stage=True)

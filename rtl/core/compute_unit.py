@@ -85,8 +85,8 @@ class ComputeUnit(wiring.Component):
 
     def __init__(self, *, lanes, depths, max_rows, fp8, shared_pe_module, max_length=512,
                  max_hidden=1024, vector_units=True, requantizer=True, pe_multiplier=None,
-                 accumulator_stage=False, range_check_stage=False, broadcast_stage=False,
-                 read_stage=False):
+                 accumulator_stage=False, range_check_stage=False,
+                 range_check_multiplier="behavioral", broadcast_stage=False, read_stage=False):
         if lanes < 4:
             raise ValueError("the compute unit needs at least 4 lanes (32-bit table entries)")
         self._lanes = lanes
@@ -97,6 +97,7 @@ class ComputeUnit(wiring.Component):
         self._pe_multiplier = pe_multiplier
         self._accumulator_stage = bool(accumulator_stage)
         self._range_check_stage = bool(range_check_stage)
+        self._range_check_multiplier = range_check_multiplier
         self._broadcast_stage = bool(broadcast_stage)
         self._read_stage = bool(read_stage)
         self._max_length = max_length
@@ -245,7 +246,7 @@ class ComputeUnit(wiring.Component):
         out_limit = depth_of(out_bank)
         inp_depth, wgt_depth = self._depths[Bank.INP], self._depths[Bank.WGT]
         m.submodules.check = check = RangeCheck(6, product_stage=self._range_check_stage,
-                                                multiplier=self._pe_multiplier or "behavioral")
+                                                multiplier=self._range_check_multiplier)
         check.connect_extents([
             Extent(Mux(is_table, tbl.base, Mux(is_gemm, g.a_base, v.src_base)),
                    Mux(is_table, 1, Mux(is_gemm, g.m, v.rows)),

@@ -138,6 +138,8 @@ class Core(wiring.Component):
         self._pe_multiplier = pe_multiplier
         self._accumulator_stage = bool(accumulator_stage)
         self._range_check_stage = bool(range_check_stage)
+        # The range checks' partial products use the PEs' registered multiplier, if any.
+        self._range_check_multiplier = pe_multiplier or "behavioral"
         self._broadcast_stage = bool(broadcast_stage)
         self._read_stage = bool(read_stage)
         self._counter_stage = bool(counter_stage)
@@ -168,6 +170,7 @@ class Core(wiring.Component):
                            pe_multiplier=self._pe_multiplier,
                            accumulator_stage=self._accumulator_stage,
                            range_check_stage=self._range_check_stage,
+                           range_check_multiplier=self._range_check_multiplier,
                            broadcast_stage=self._broadcast_stage,
                            read_stage=self._read_stage)
 
@@ -192,12 +195,12 @@ class Core(wiring.Component):
         m.submodules.load = load = LoadUnit(
             word_bits=word_bits, depths=self.depths, dram_words=self.dram_words,
             range_check_stage=self._range_check_stage,
-            range_check_multiplier=self._pe_multiplier or "behavioral")
+            range_check_multiplier=self._range_check_multiplier)
         m.submodules.compute = compute = self._compute_unit()
         m.submodules.store = store = StoreUnit(
             word_bits=word_bits, out_words=self.depths[Bank.OUT], dram_words=self.dram_words,
             counters=n_counters, range_check_stage=self._range_check_stage,
-            range_check_multiplier=self._pe_multiplier or "behavioral", read_stage=self._read_stage)
+            range_check_multiplier=self._range_check_multiplier, read_stage=self._read_stage)
         wiring.connect(m, load.rd_req, wiring.flipped(self.mem.rd_req))
         wiring.connect(m, wiring.flipped(self.mem.rd_data), load.rd_data)
         wiring.connect(m, store.wr_req, wiring.flipped(self.mem.wr_req))

@@ -66,9 +66,9 @@ class RangeCheck(wiring.Component):
     def __init__(self, count, width=32, product_stage=False, multiplier="behavioral"):
         try:
             check_registered_multiplier(multiplier)
-            if product_stage and multiplier == "mult18x18d" and width > 36:
-                raise ValueError(f"A MULT18X18D takes halves of at most 18 bits: width "
-                                 f"{width} is more than 36")
+            if product_stage and width > 36:
+                raise ValueError(f"The product stage's multipliers take halves of at most 18 "
+                                 f"bits (a MULT18X18D's): width {width} is more than 36")
         except ValueError:
             self._MustUse__silence = True   # never built: no "created but never used" warning
             raise
